@@ -1,0 +1,192 @@
+"""What this machine has: its CPU (model, microarchitecture, ISA, cores, memory) and NVIDIA GPUs, as typed objects."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import psutil
+
+ISA_FLAGS_OF_INTEREST = (
+    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+    "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8",
+    "neon", "asimd", "asimddp", "sve", "sve2", "i8mm", "bf16",
+)
+
+# GPU product names as nvidia-smi prints them -> the GPU type names the catalogue uses.
+GPU_CATALOG_TYPES = (("H200", "H200"), ("H100", "H100"), ("A100", "A100"), ("L40S", "L40S"), ("A10G", "A10G"),
+                     ("A10", "A10G"), ("L4", "L4"), ("T4", "T4"), ("V100", "V100"))
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    model: str
+    vendor: str  # "amd", "intel", "arm" or "unknown"
+    arch: str  # "x86_64", "aarch64"
+    microarchitecture: str  # LLVM -mcpu name where known (znver3, sapphirerapids, neoverse-v1, ...), else "generic"
+    isa: tuple[str, ...]
+    physical_cores: int
+    logical_cores: int
+    memory_gib: float
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["isa"] = list(self.isa)
+        return data
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    name: str
+    memory_gib: float
+    compute_capability: str
+    driver_version: str
+    cuda_version: str
+    catalog_type: str | None  # "H100", "A10G", ... or None when the catalogue has no such GPU
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A place a model can run on this machine: the CPU, or one CUDA GPU (with the host CPU beside it)."""
+
+    id: str  # "cpu" or "cuda:0"
+    kind: str  # "cpu" or "cuda"
+    cpu: CpuInfo
+    gpu: GpuInfo | None = None
+    threads: int = field(default=0)  # cores the backends may use; 0 means all physical cores
+
+    @property
+    def label(self) -> str:
+        if self.gpu is not None:
+            return f"{self.gpu.name} (cuda:{self.gpu.index})"
+        return f"{self.cpu.model} ({self.cpu.physical_cores} cores, {self.cpu.microarchitecture})"
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "label": self.label, "cpu": self.cpu.to_dict(),
+                "gpu": self.gpu.to_dict() if self.gpu else None}
+
+
+def _cpuinfo_fields() -> dict[str, str]:
+    fields: dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return fields
+    for line in text.splitlines():
+        if ":" in line:
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def _amd_microarchitecture(family: int, model: int) -> str:
+    if family == 0x17:
+        return "znver2" if model >= 0x30 else "znver1"
+    if family == 0x19:
+        return "znver4" if (0x10 <= model <= 0x1F or 0x60 <= model <= 0x7F or model >= 0xA0) else "znver3"
+    if family == 0x1A:
+        return "znver5"
+    return "generic"
+
+
+def _intel_microarchitecture(flags: set[str]) -> str:
+    if "amx_tile" in flags:
+        return "sapphirerapids"
+    if "avx512_vnni" in flags and "avx512_bf16" in flags:
+        return "cooperlake"
+    if "avx512_vnni" in flags and "gfni" in flags:
+        return "icelake-server"
+    if "avx512_vnni" in flags:
+        return "cascadelake"
+    if "avx512f" in flags:
+        return "skylake-avx512"
+    if "avx2" in flags:
+        return "haswell"
+    return "generic"
+
+
+_ARM_PARTS = {"0xd0c": "neoverse-n1", "0xd40": "neoverse-v1", "0xd49": "neoverse-n2", "0xd4f": "neoverse-v2",
+              "0xd8e": "neoverse-n3", "0xd84": "neoverse-v3"}
+
+
+def _physical_cores() -> int:
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def detect_cpu() -> CpuInfo:
+    fields = _cpuinfo_fields()
+    arch = platform.machine() or "unknown"
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    vendor_id = fields.get("vendor_id", "")
+    if vendor_id == "AuthenticAMD":
+        vendor = "amd"
+        micro = _amd_microarchitecture(int(fields.get("cpu family", "0")), int(fields.get("model", "0")))
+    elif vendor_id == "GenuineIntel":
+        vendor, micro = "intel", _intel_microarchitecture(flags)
+    elif arch in ("aarch64", "arm64"):
+        vendor, micro = "arm", _ARM_PARTS.get(fields.get("CPU part", "").lower(), "generic")
+        flags.add("neon")
+    else:
+        vendor, micro = "unknown", "generic"
+    model = fields.get("model name") or platform.processor() or arch
+    return CpuInfo(
+        model=re.sub(r"\s+", " ", model).strip(),
+        vendor=vendor,
+        arch=arch,
+        microarchitecture=micro,
+        isa=tuple(flag for flag in ISA_FLAGS_OF_INTEREST if flag in flags),
+        physical_cores=_physical_cores(),
+        logical_cores=os.cpu_count() or 1,
+        memory_gib=round(psutil.virtual_memory().total / 2**30, 1),
+    )
+
+
+def catalog_gpu_type(name: str) -> str | None:
+    upper = name.upper()
+    for marker, catalog_type in GPU_CATALOG_TYPES:
+        if re.search(rf"\b{marker}\b", upper) or marker in upper.replace("NVIDIA ", "").split("-")[0].split():
+            return catalog_type
+    return None
+
+
+def detect_gpus() -> tuple[GpuInfo, ...]:
+    """NVIDIA GPUs as nvidia-smi reports them; none when there is no driver."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return ()
+    query = "index,name,memory.total,compute_cap,driver_version"
+    try:
+        result = subprocess.run([smi, f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+                                capture_output=True, text=True, timeout=20, check=True)
+        header = subprocess.run([smi], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    cuda = re.search(r"CUDA Version:\s*([0-9.]+)", header)
+    gpus = []
+    for line in result.stdout.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) < 5:
+            continue
+        index, name, memory_mib, capability, driver = parts[:5]
+        gpus.append(GpuInfo(int(index), name, round(float(memory_mib) / 1024, 1), capability, driver,
+                            cuda.group(1) if cuda else "unknown", catalog_gpu_type(name)))
+    return tuple(gpus)
+
+
+@lru_cache(maxsize=1)
+def detect_targets() -> tuple[Target, ...]:
+    """The CPU target, then one target per NVIDIA GPU."""
+    cpu = detect_cpu()
+    targets = [Target(id="cpu", kind="cpu", cpu=cpu)]
+    targets += [Target(id=f"cuda:{gpu.index}", kind="cuda", cpu=cpu, gpu=gpu) for gpu in detect_gpus()]
+    return tuple(targets)

@@ -1,0 +1,52 @@
+"""The one list of backends: name -> implementing class, pip extra and budget weight.
+
+Modules are imported lazily so `advisor --help` stays fast and works without TVM or TensorRT installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from advisor.errors import UserError
+from tuners.base import Tuner
+
+
+@dataclass(frozen=True)
+class TunerEntry:
+    name: str
+    target: str  # "module:Class"
+    extra: str | None  # pip extra that installs its dependencies
+    budget_weight: float  # share of the tuning budget relative to the other backends on the same target
+    description: str
+
+
+TUNERS: dict[str, TunerEntry] = {
+    entry.name: entry
+    for entry in (
+        TunerEntry("onnxruntime", "tuners.onnxruntime:OnnxRuntimeTuner", None, 1.0,
+                   "ONNX Runtime: execution providers, graph optimisation, threads, dynamic int8"),
+    )
+}
+
+
+def tuner_names() -> list[str]:
+    return list(TUNERS)
+
+
+def parse_backends(text: str | None) -> list[str]:
+    """`onnxruntime,tvm` -> ["onnxruntime", "tvm"]; None or "all" -> every registered backend."""
+    if text is None or text.strip() == "all":
+        return tuner_names()
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in TUNERS]
+    if unknown or not names:
+        raise UserError(f"unknown backend {', '.join(unknown) or repr(text)}; choose from {', '.join(TUNERS)}")
+    return list(dict.fromkeys(names))
+
+
+def load_tuner(name: str) -> Tuner:
+    entry = TUNERS[name]
+    module_name, _, class_name = entry.target.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, class_name)()
