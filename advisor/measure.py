@@ -100,8 +100,14 @@ def time_calls(run: Callable[[], object], settings: HarnessSettings, deadline: f
             return samples
 
 
-def interleaved_samples(runs: Mapping[str, Callable[[], object]], settings: HarnessSettings) -> dict[str, list[float]]:
-    """Time several candidates in one process, round-robin, so drift and noise hit them all alike."""
+def interleaved_samples(runs: Mapping[str, Callable[[], object]], settings: HarnessSettings,
+                        block: int = 10, rewarm: int = 2) -> dict[str, list[float]]:
+    """Time several candidates in one process in alternating blocks, so drift and noise hit them all alike.
+
+    Blocks rather than strict round-robin: a runtime's thread pool keeps spinning for a moment after a call,
+    which would steal cores from whichever candidate runs next. The first `rewarm` calls of each block are
+    discarded for the same reason.
+    """
     for run in runs.values():
         for _ in range(settings.warmup):
             run()
@@ -109,10 +115,12 @@ def interleaved_samples(runs: Mapping[str, Callable[[], object]], settings: Harn
     start = time.monotonic()
     while True:
         for key, run in runs.items():
-            t0 = time.perf_counter()
-            run()
-            samples[key].append((time.perf_counter() - t0) * 1000.0)
-        count = len(next(iter(samples.values())))
+            for index in range(block + rewarm):
+                t0 = time.perf_counter()
+                run()
+                if index >= rewarm:
+                    samples[key].append((time.perf_counter() - t0) * 1000.0)
+        count = min(len(values) for values in samples.values())
         elapsed = time.monotonic() - start
         if (count >= settings.min_iterations and elapsed >= settings.min_time_s) or elapsed >= settings.max_time_s:
             return samples

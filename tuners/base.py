@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -141,6 +141,10 @@ class CompiledModel(ABC):
     def outputs(self) -> list[np.ndarray]:
         """The outputs of the last `execute`, on the host, in the model's output order."""
 
+    def op_class_ms(self) -> dict[str, float]:
+        """Time per inference by operator class (see advisor.opcost.op_class), where the backend can profile."""
+        return {}
+
 
 @dataclass(frozen=True)
 class ExportedFiles:
@@ -171,6 +175,10 @@ class Tuner(ABC):
     @abstractmethod
     def export(self, candidate: Candidate, ctx: TuneContext, dest: Path) -> ExportedFiles:
         """Write the candidate in deployable form into `dest`."""
+
+    @abstractmethod
+    def load_exported(self, folder: Path, runtime: dict[str, Any]) -> Callable[[Mapping[str, np.ndarray]], list]:
+        """Load what `export` wrote, with only this backend's runtime; returns feeds -> outputs."""
 
     def versions(self) -> dict[str, str]:
         """Versions of the packages this backend uses, for the report and the artifact manifest."""

@@ -1,0 +1,123 @@
+"""The deployable artifact: the winning candidate in deployable form, a manifest with checksums, a tarball."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from advisor.environment import now_iso
+from advisor.errors import UserError
+from advisor.isolation import run_isolated
+from advisor.model import ModelInfo, file_sha256
+from advisor.runfolder import write_json_atomic
+from advisor.slo import Slo
+from advisor.trials import Trial
+from tuners.base import Candidate, ExportedFiles, TuneContext
+
+MANIFEST = "manifest.json"
+SCHEMA = "advisor.artifact/v1"
+
+
+def _export_in_child(candidate: Candidate, ctx: TuneContext, dest: Path) -> tuple[ExportedFiles, dict]:
+    from tuners.registry import load_tuner
+
+    tuner = load_tuner(candidate.backend)
+    return tuner.export(candidate, ctx, dest), tuner.versions()
+
+
+@dataclass(frozen=True)
+class ArtifactRequest:
+    trial: Trial
+    ctx: TuneContext
+    slo: Slo
+    expected: dict  # the ranking row it was chosen from: instance, latency and interval, cost
+
+
+def build_artifact(request: ArtifactRequest, dest: Path, timeout_s: float, log_path: Path | None) -> Path:
+    """Export the candidate (isolated: compilers may crash), write manifest.json, and pack DEST.tar.gz."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    model_dir = dest / "model"
+    candidate = Candidate(request.trial.backend, request.trial.target, dict(request.trial.config))
+    result = run_isolated(_export_in_child, (candidate, request.ctx, model_dir), timeout_s=timeout_s,
+                          log_path=log_path)
+    if not result.ok:
+        raise RuntimeError(f"exporting the {candidate.backend} artifact failed: {result.reason}")
+    exported, versions = result.value
+    info: ModelInfo = request.ctx.info
+    files = {str(path.relative_to(dest)): file_sha256(path) for path in sorted(model_dir.rglob("*")) if path.is_file()}
+    manifest = {
+        "schema": SCHEMA,
+        "created_at": now_iso(),
+        "backend": candidate.backend,
+        "versions": versions,
+        "target": request.ctx.target.to_dict(),
+        "config": dict(candidate.config),
+        "batch_size": request.trial.batch_size,
+        "inputs": [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in info.inputs],
+        "input_shapes": {name: list(shape) for name, shape in info.shapes_at(request.trial.batch_size).items()},
+        "outputs": [s.to_dict() for s in info.outputs],
+        "runtime": exported.runtime,
+        "requirements": list(exported.requirements),
+        "expected": request.expected,
+        "slo": request.slo.to_dict(),
+        "tolerance": request.ctx.tolerance,
+        "source_model": {"path": str(info.path), "sha256": info.sha256},
+        "files": files,
+    }
+    write_json_atomic(dest / MANIFEST, manifest)
+    tarball = dest.with_name(dest.name + ".tar.gz")
+    partial = tarball.with_name(tarball.name + ".partial")
+    with tarfile.open(partial, "w:gz") as archive:
+        archive.add(dest, arcname=dest.name)
+    partial.replace(tarball)
+    return dest
+
+
+def read_manifest(folder: Path) -> dict:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{folder} is not an advisor artifact (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError:
+        raise UserError(f"{path} is not valid JSON") from None
+    if manifest.get("schema") != SCHEMA:
+        raise UserError(f"{path}: unsupported artifact schema {manifest.get('schema')!r}")
+    return manifest
+
+
+def verify_checksums(folder: Path, manifest: dict) -> None:
+    """Every listed file exists and matches its sha256; nothing outside the folder is referenced."""
+    root = Path(folder).resolve()
+    for relative, expected in manifest.get("files", {}).items():
+        path = (root / relative).resolve()
+        if root not in path.parents:
+            raise UserError(f"artifact manifest lists {relative!r}, which is outside the artifact")
+        if not path.is_file():
+            raise UserError(f"artifact file {relative} is missing")
+        if file_sha256(path) != expected:
+            raise UserError(f"artifact file {relative} was modified (sha256 mismatch)")
+
+
+def safe_extract(tarball: Path, dest: Path) -> Path:
+    """Extract an artifact tarball, refusing absolute paths, `..`, links and device files."""
+    dest = Path(dest).resolve()
+    try:
+        with tarfile.open(tarball, "r:*") as archive:
+            members = archive.getmembers()
+            for member in members:
+                target = (dest / member.name).resolve()
+                if member.name.startswith("/") or (target != dest and dest not in target.parents):
+                    raise UserError(f"refusing {tarball}: member {member.name!r} escapes the destination")
+                if member.issym() or member.islnk() or not (member.isfile() or member.isdir()):
+                    raise UserError(f"refusing {tarball}: member {member.name!r} is a link or special file")
+            archive.extractall(dest, members=members, filter="data")
+    except tarfile.TarError as error:
+        raise UserError(f"{tarball} is not a readable tar archive ({error})") from None
+    roots = {Path(m.name).parts[0] for m in members if Path(m.name).parts}
+    return dest / roots.pop() if len(roots) == 1 else dest

@@ -1,0 +1,104 @@
+"""`advisor recommend MODEL --slo 400ms`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import click
+
+from advisor.cli.options import DurationType, IntListType, LatencyType, input_shape_option, shapes_dict
+from advisor.config import DEFAULT_BATCH_SIZES, DEFAULT_BUDGET_S, DEFAULT_TOLERANCE, RecommendConfig
+from advisor.measure import HarnessSettings
+from advisor.model import ModelSpec
+from advisor.slo import PERCENTILE_CHOICES, Slo
+from tuners.registry import parse_backends
+
+
+def _default_out(model: Path) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("advisor-runs") / f"{model.stem}-{stamp}"
+
+
+def _csv(text: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (text or "").split(",") if part.strip())
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--slo", "slo_ms", type=LatencyType(), required=True,
+              help="Latency SLO: 400ms, 0.4s or 400 (milliseconds).")
+@click.option("--percentile", type=click.Choice(PERCENTILE_CHOICES), default="p99", show_default=True,
+              help="Latency percentile the SLO applies to.")
+@input_shape_option
+@click.option("--budget", "budget_s", type=DurationType(), default=f"{DEFAULT_BUDGET_S:.0f}s", show_default=True,
+              help="Wall-clock cap on all tuning and measuring, e.g. 90s, 3m.")
+@click.option("--batch-sizes", type=IntListType(), default=",".join(map(str, DEFAULT_BATCH_SIZES)),
+              show_default=True, help="Batch sizes measured for throughput sizing.")
+@click.option("--batch", "batch_size", type=click.IntRange(min=1), default=None,
+              help="Judge the SLO at this batch size instead of 1.")
+@click.option("--backends", default=None, help="Comma-separated backends to try (default: all available).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Run folder (default: advisor-runs/MODEL-TIMESTAMP).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out, re-measuring nothing.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Also write a copy of report.json here.")
+@click.option("--catalog", "catalogs", type=click.Path(path_type=Path), multiple=True,
+              help="Extra instance catalogue (YAML/JSON) adding or replacing entries (repeatable).")
+@click.option("--provider", "providers", default=None, help="Only these clouds, e.g. aws,gcp.")
+@click.option("--region", default=None, help="Only instances priced in this region.")
+@click.option("--qps", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Target load in inferences per second: sizes the fleet and its monthly cost.")
+@click.option("--utilisation", type=click.FloatRange(min=0, max=1, min_open=True), default=0.7, show_default=True,
+              help="Utilisation cap per instance when sizing for --qps.")
+@click.option("--local-price", "local_price", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="USD per hour of this machine, to price it when no catalogue instance matches it.")
+@click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TOLERANCE,
+              show_default=True, help="Max relative output error accepted from reduced-precision candidates.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Tuning databases and caches shared between runs (default: the user cache dir).")
+@click.option("--no-artifact", is_flag=True, help="Skip exporting the deployable artifact.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display on stderr.")
+def recommend(model, slo_ms, percentile, input_shapes, budget_s, batch_sizes, batch_size, backends, out_dir, resume,
+              json_path, catalogs, providers, region, qps, utilisation, local_price, tolerance, cache_dir,
+              no_artifact, quiet):
+    """Tune MODEL on every backend this machine can run, rank cloud instances by cost under the SLO, and write
+    the report and a deployable artifact.
+
+    Exit status: 0 a recommendation was made, 3 nothing meets the SLO, 2 bad input, 1 internal error.
+    """
+    from advisor.pipeline import recommend as run_recommend
+    from advisor.progress import Progress, RichProgress
+    from advisor.summary import print_summary
+
+    if resume and out_dir is None:
+        raise click.UsageError("--resume needs --out pointing at the run folder to continue")
+    extra = {"cache_dir": cache_dir} if cache_dir else {}
+    config = RecommendConfig(
+        model=ModelSpec(model, shapes_dict(input_shapes)),
+        slo=Slo(slo_ms, percentile),
+        out_dir=out_dir or _default_out(model),
+        budget_s=budget_s,
+        batch_sizes=batch_sizes,
+        batch_size=batch_size,
+        backends=tuple(parse_backends(backends)) if backends else (),
+        resume=resume,
+        json_path=json_path,
+        catalog_paths=tuple(catalogs),
+        providers=_csv(providers),
+        region=region,
+        qps=qps,
+        utilisation=utilisation,
+        local_price_per_hour=local_price,
+        tolerance=tolerance,
+        harness=HarnessSettings(),
+        make_artifact=not no_artifact,
+        **extra,
+    )
+    progress = Progress() if quiet else RichProgress(percentile)
+    try:
+        result = run_recommend(config, progress)
+    finally:
+        progress.close()
+    print_summary(result.report, result.run_dir)
+    return result.exit_code

@@ -1,0 +1,78 @@
+"""The one configuration object `advisor recommend` runs from; the CLI only builds it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import platformdirs
+
+from advisor.errors import UserError
+from advisor.measure import HarnessSettings
+from advisor.model import ModelSpec
+from advisor.slo import Slo
+
+DEFAULT_BUDGET_S = 120.0
+DEFAULT_BATCH_SIZES = (1, 2, 4, 8)
+DEFAULT_TOLERANCE = 0.05
+
+
+def default_cache_dir() -> Path:
+    """Tuning databases and timing caches live here, outside any run folder, so runs share them."""
+    return Path(platformdirs.user_cache_dir("advisor"))
+
+
+@dataclass(frozen=True)
+class RecommendConfig:
+    model: ModelSpec
+    slo: Slo
+    out_dir: Path
+    budget_s: float = DEFAULT_BUDGET_S
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
+    batch_size: int | None = None  # --batch: judge the SLO at this batch size (default 1)
+    backends: tuple[str, ...] = ()  # empty: every registered backend
+    resume: bool = False
+    json_path: Path | None = None
+    catalog_paths: tuple[Path, ...] = ()
+    providers: tuple[str, ...] = ()
+    region: str | None = None
+    qps: float | None = None
+    utilisation: float = 0.7
+    local_price_per_hour: float | None = None
+    tolerance: float = DEFAULT_TOLERANCE  # max relative error of reduced-precision candidates
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    memory_limit_mib: float | None = None  # per isolated worker; None: 80 % of this machine's memory
+    harness: HarnessSettings = field(default_factory=HarnessSettings)
+    make_artifact: bool = True
+
+    def __post_init__(self):
+        if self.budget_s <= 0:
+            raise UserError("--budget must be positive")
+        if not self.batch_sizes or any(b <= 0 for b in self.batch_sizes):
+            raise UserError("--batch-sizes must be positive integers")
+        if self.batch_size is not None and self.batch_size <= 0:
+            raise UserError("--batch must be a positive integer")
+        if self.qps is not None and self.qps <= 0:
+            raise UserError("--qps must be positive")
+        if not 0 < self.utilisation <= 1:
+            raise UserError("--utilisation must be in (0, 1]")
+        if self.tolerance <= 0:
+            raise UserError("--tolerance must be positive")
+
+    @property
+    def slo_batch_size(self) -> int:
+        return self.batch_size or 1
+
+    def fingerprint(self, model_sha256: str) -> dict:
+        """What must not change between a run and its --resume (anything that changes trial identities)."""
+        return {"model_sha256": model_sha256, "input_shapes": {k: list(v) for k, v in self.model.input_shapes.items()},
+                "batch_sizes": list(self.batch_sizes), "batch_size": self.batch_size,
+                "tolerance": self.tolerance}
+
+    def settings_dict(self) -> dict:
+        return {"budget_s": self.budget_s, "batch_sizes": list(self.batch_sizes), "batch_size": self.batch_size,
+                "backends": list(self.backends), "qps": self.qps, "utilisation": self.utilisation,
+                "tolerance": self.tolerance, "local_price_per_hour": self.local_price_per_hour,
+                "providers": list(self.providers), "region": self.region,
+                "catalogs": [str(p) for p in self.catalog_paths], "harness": asdict(self.harness),
+                "out_dir": str(self.out_dir), "cache_dir": str(self.cache_dir)}

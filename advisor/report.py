@@ -1,0 +1,113 @@
+"""report.json (schema advisor.report/v1): the stable contract that the HTML report, the Markdown summary and
+other tools read. Documented in docs/report-json.md; fields may be added, never renamed or removed."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import advisor
+from advisor.config import RecommendConfig
+from advisor.environment import environment
+from advisor.model import ModelInfo
+from advisor.runfolder import write_json_atomic
+from advisor.trials import Trial
+from hwprofiles.targets import Target
+
+SCHEMA = "advisor.report/v1"
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    backend: str
+    target: str
+    available: bool
+    reason: str | None
+    versions: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _op_class_ms(trials: list[Trial]) -> dict | None:
+    """Where the time goes: the profile taken with the first (baseline) ONNX Runtime-style trial, if any."""
+    for trial in trials:
+        profile = trial.details.get("op_class_ms")
+        if trial.ok and profile:
+            return {"trial_id": trial.id, "ms": profile}
+    return None
+
+
+def _roofline(info: ModelInfo, trials: list[Trial], targets: tuple[Target, ...], ranking) -> dict | None:
+    """Achieved compute and bandwidth of the fastest local CPU trial at batch 1, against the machine's peaks."""
+    cpu_trials = [t for t in trials if t.ok and t.target == "cpu" and t.batch_size == 1]
+    if not cpu_trials:
+        return None
+    best = min(cpu_trials, key=lambda t: t.latency.p50)
+    seconds = best.latency.p50 / 1000.0
+    peaks = getattr(ranking, "local_peaks", None) or {}
+    return {"machine": targets[0].label, "trial_id": best.id,
+            "achieved_gflops": info.flops / seconds / 1e9 if seconds > 0 else None,
+            "achieved_bandwidth_gbs": info.bytes_moved / seconds / 1e9 if seconds > 0 else None,
+            "arithmetic_intensity": info.flops / info.bytes_moved if info.bytes_moved else None,
+            "peak_gflops": peaks.get("peak_gflops"), "peak_bandwidth_gbs": peaks.get("peak_bandwidth_gbs")}
+
+
+def build_report(*, info: ModelInfo, config: RecommendConfig, targets: tuple[Target, ...], statuses: list,
+                 trials: list[Trial], ranking, artifact_path: Path | None, artifact_error: str | None,
+                 started_at: str) -> dict:
+    ranking_dict = ranking.to_dict()
+    recommendation = None
+    if ranking.recommendation is not None:
+        row = ranking.recommendation.to_dict()
+        rows = ranking_dict.get("rows", [])
+        runner_up = next((r for r in rows if r.get("meets_slo") and r["instance"] != row["instance"]), None)
+        recommendation = {**row, "artifact": str(artifact_path) if artifact_path else None,
+                          "artifact_error": artifact_error, "runner_up": runner_up,
+                          "why": _why(row, runner_up)}
+    model = info.summary_dict()
+    profile = _op_class_ms(trials)
+    model["op_class_ms"] = profile["ms"] if profile else None
+    return {
+        "schema": SCHEMA,
+        "advisor_version": advisor.__version__,
+        "status": "recommended" if recommendation else "no_slo_met",
+        "model": model,
+        "slo": config.slo.to_dict(),
+        "settings": config.settings_dict(),
+        "targets": [t.to_dict() for t in targets],
+        "backends": [s.to_dict() for s in statuses],
+        "trials": [t.to_dict() for t in trials],
+        "ranking": ranking_dict.get("rows", []),
+        "excluded": ranking_dict.get("excluded", []),
+        "pareto": ranking_dict.get("pareto", []),
+        "recommendation": recommendation,
+        "closest_miss": ranking.closest_miss.to_dict() if ranking.closest_miss else None,
+        "roofline": _roofline(info, trials, targets, ranking),
+        "costmodel": ranking_dict.get("costmodel", {}),
+        "environment": environment(targets, started_at),
+    }
+
+
+def _why(row: dict, runner_up: dict | None) -> str:
+    if runner_up is None:
+        return "the only instance that meets the SLO"
+    cost, other = row.get("cost_per_million"), runner_up.get("cost_per_million")
+    if cost is not None and other:
+        return (f"{(1 - cost / other) * 100:.0f}% cheaper per million inferences than {runner_up['instance']} "
+                f"(${other:.4g}), both meeting the SLO")
+    return f"cheaper than {runner_up['instance']} while meeting the SLO"
+
+
+def write_report(report: dict, run_dir: Path, json_copy: Path | None) -> dict[str, Path]:
+    """report.json, then the HTML and Markdown renderings of it, atomically; and the --json copy."""
+    from reports.render import write_reports
+
+    paths = {"json": run_dir / "report.json"}
+    write_json_atomic(paths["json"], report)
+    paths.update(write_reports(report, run_dir))
+    if json_copy is not None:
+        json_copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(paths["json"], json_copy)
+    return paths

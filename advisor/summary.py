@@ -1,0 +1,43 @@
+"""The ranked summary a run prints on stdout, read from the report dict like every other rendering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+TOP_ROWS = 12
+
+
+def _money(value) -> str:
+    return "-" if value is None else f"${value:,.4g}"
+
+
+def print_summary(report: dict, run_dir: Path, console: Console | None = None) -> None:
+    console = console or Console(highlight=False, soft_wrap=True)
+    slo = report["slo"]
+    table = Table(title=f"Instances by cost per million inferences (SLO {slo['percentile']} <= "
+                        f"{slo['latency_ms']:g} ms)")
+    for column in ("#", "instance", "backend", "source", f"{slo['percentile']} ms", "interval", "SLO", "$/h",
+                   "$/M inf"):
+        table.add_column(column, justify="right" if column in ("#", "$/h", "$/M inf") else "left")
+    for index, row in enumerate(report["ranking"][:TOP_ROWS], start=1):
+        low, high = row["latency_ms_interval"]
+        table.add_row(str(index), row["instance"], row["backend"], row["source"], f"{row['latency_ms']:.3f}",
+                      f"{low:.3f}-{high:.3f}", row.get("slo_verdict", "meets" if row["meets_slo"] else "misses"),
+                      _money(row.get("price_per_hour")), _money(row.get("cost_per_million")))
+    console.print(table)
+    recommendation = report.get("recommendation")
+    if recommendation:
+        console.print(f"Recommendation: {recommendation['instance']} with {recommendation['backend']} "
+                      f"({slo['percentile']} {recommendation['latency_ms']:.3f} ms, "
+                      f"{_money(recommendation.get('cost_per_million'))} per million inferences)")
+        if recommendation.get("artifact"):
+            console.print(f"Artifact: {recommendation['artifact']}")
+    else:
+        miss = report.get("closest_miss")
+        detail = (f"; closest: {miss['instance']} at {miss['latency_ms']:.3f} ms "
+                  f"({miss['latency_ms'] / slo['latency_ms']:.2f}x the SLO)") if miss else ""
+        console.print(f"No instance meets the SLO{detail}")
+    console.print(f"Report: {run_dir / 'report.html'}  JSON: {run_dir / 'report.json'}")
