@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from advisor.environment import now_iso
-from advisor.errors import UserError
 from advisor.isolation import run_isolated
 from advisor.model import ModelInfo, file_sha256
 from advisor.runfolder import write_json_atomic
@@ -76,48 +73,3 @@ def build_artifact(request: ArtifactRequest, dest: Path, timeout_s: float, log_p
         archive.add(dest, arcname=dest.name)
     partial.replace(tarball)
     return dest
-
-
-def read_manifest(folder: Path) -> dict:
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise UserError(f"{folder} is not an advisor artifact (no {MANIFEST})")
-    try:
-        manifest = json.loads(path.read_text())
-    except ValueError:
-        raise UserError(f"{path} is not valid JSON") from None
-    if manifest.get("schema") != SCHEMA:
-        raise UserError(f"{path}: unsupported artifact schema {manifest.get('schema')!r}")
-    return manifest
-
-
-def verify_checksums(folder: Path, manifest: dict) -> None:
-    """Every listed file exists and matches its sha256; nothing outside the folder is referenced."""
-    root = Path(folder).resolve()
-    for relative, expected in manifest.get("files", {}).items():
-        path = (root / relative).resolve()
-        if root not in path.parents:
-            raise UserError(f"artifact manifest lists {relative!r}, which is outside the artifact")
-        if not path.is_file():
-            raise UserError(f"artifact file {relative} is missing")
-        if file_sha256(path) != expected:
-            raise UserError(f"artifact file {relative} was modified (sha256 mismatch)")
-
-
-def safe_extract(tarball: Path, dest: Path) -> Path:
-    """Extract an artifact tarball, refusing absolute paths, `..`, links and device files."""
-    dest = Path(dest).resolve()
-    try:
-        with tarfile.open(tarball, "r:*") as archive:
-            members = archive.getmembers()
-            for member in members:
-                target = (dest / member.name).resolve()
-                if member.name.startswith("/") or (target != dest and dest not in target.parents):
-                    raise UserError(f"refusing {tarball}: member {member.name!r} escapes the destination")
-                if member.issym() or member.islnk() or not (member.isfile() or member.isdir()):
-                    raise UserError(f"refusing {tarball}: member {member.name!r} is a link or special file")
-            archive.extractall(dest, members=members, filter="data")
-    except tarfile.TarError as error:
-        raise UserError(f"{tarball} is not a readable tar archive ({error})") from None
-    roots = {Path(m.name).parts[0] for m in members if Path(m.name).parts}
-    return dest / roots.pop() if len(roots) == 1 else dest

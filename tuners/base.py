@@ -13,12 +13,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from advisor.model import ModelInfo
-from hwprofiles.targets import Target
+if TYPE_CHECKING:  # the artifact runner imports this module with only numpy and one backend runtime installed
+    from advisor.model import ModelInfo
+    from hwprofiles.targets import Target
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,14 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from advisor.opcost import op_class
-from hwprofiles.targets import Target
 from tuners.base import Availability, Candidate, CompiledModel, ExportedFiles, Search, StagedSearch, TuneContext, Tuner
+
+if TYPE_CHECKING:
+    from hwprofiles.targets import Target
 
 GRAPH_LEVELS = ("disabled", "basic", "extended", "all")
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -92,6 +95,8 @@ class OrtCompiledModel(CompiledModel):
     def op_class_ms(self, runs: int = 10) -> dict[str, float]:
         """Where the time goes, per operator class, from ONNX Runtime's own profiler (ms per inference)."""
         import onnxruntime as ort
+
+        from advisor.opcost import op_class
 
         options = session_options(self._config)
         options.enable_profiling = True

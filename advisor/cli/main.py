@@ -67,10 +67,11 @@ def cli():
 
 
 def _register() -> None:
-    from advisor.cli import analyze_cmd, cache_cmd, recommend_cmd
+    from advisor.cli import analyze_cmd, cache_cmd, recommend_cmd, verify_cmd
 
     cli.add_command(recommend_cmd.recommend)
     cli.add_command(analyze_cmd.analyze)
+    cli.add_command(verify_cmd.verify)
     cli.add_command(cache_cmd.cache)
 
 

@@ -1,0 +1,41 @@
+"""`advisor verify ARTIFACT [--model original.onnx]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help="The original model (default: the path recorded in the manifest).")
+def verify(artifact, model):
+    """Check an artifact's checksums, run it, compare its outputs with the original model and measure whether
+    the SLO holds on this machine.
+
+    Exit status: 0 all hold, 2 the artifact is missing, malformed or modified, 3 the SLO does not hold here,
+    4 outputs differ from the original model beyond the tolerance.
+    """
+    from advisor.verify import verify as run_verify
+
+    result = run_verify(artifact, model)
+    manifest = result.manifest
+    slo = manifest["slo"]
+    click.echo(f"checksums: ok ({len(manifest['files'])} files)")
+    click.echo(f"loaded: {manifest['backend']} artifact, config {manifest['config']}")
+    if result.numerics is None:
+        click.echo(f"outputs: not checked ({result.numerics_note})")
+    else:
+        status = "ok" if result.numerics.passed else "DIFFER"
+        click.echo(f"outputs: {status} (max abs error {result.numerics.max_abs_error:.3g}, max rel error "
+                   f"{result.numerics.max_rel_error:.3g}, tolerance {result.numerics.tolerance:g})")
+    low, high = result.latency.intervals[slo["percentile"]]
+    click.echo(f"latency here: {slo['percentile']} {result.latency.at(slo['percentile']):.3f} ms "
+               f"[{low:.3f}, {high:.3f}] over {result.latency.n} runs; SLO {slo['latency_ms']:g} ms: "
+               f"{result.verdict.verdict}")
+    expected = manifest.get("expected") or {}
+    if expected.get("latency_ms") is not None:
+        click.echo(f"expected (report): {expected['latency_ms']:.3f} ms on {expected.get('instance')}")
+    return result.exit_code

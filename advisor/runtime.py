@@ -1,0 +1,172 @@
+"""The artifact runner: `python -m advisor.runtime ARTIFACT` loads an artifact with only its backend's runtime
+(plus numpy) and runs it on an .npz of inputs, or serves predictions over HTTP.
+
+    python -m advisor.runtime artifact/ --input feeds.npz --output outputs.npz
+    python -m advisor.runtime artifact.tar.gz --serve --port 8080   # POST /predict {"inputs": {name: [...]}}
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+
+
+class ArtifactError(Exception):
+    """The artifact is missing, malformed or modified."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_artifact(folder: Path) -> dict:
+    """Read the manifest and verify every file's sha256; raises ArtifactError on any mismatch."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{folder} is not an advisor artifact (no {MANIFEST})")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except ValueError:
+        raise ArtifactError(f"{manifest_path} is not valid JSON") from None
+    if manifest.get("schema") != "advisor.artifact/v1":
+        raise ArtifactError(f"{manifest_path}: unsupported artifact schema {manifest.get('schema')!r}")
+    root = folder.resolve()
+    for relative, expected in manifest.get("files", {}).items():
+        path = (root / relative).resolve()
+        if root not in path.parents:
+            raise ArtifactError(f"artifact manifest lists {relative!r}, which is outside the artifact")
+        if not path.is_file():
+            raise ArtifactError(f"artifact file {relative} is missing")
+        if _sha256(path) != expected:
+            raise ArtifactError(f"artifact file {relative} was modified (sha256 mismatch)")
+    return manifest
+
+
+def load(folder: Path) -> tuple[dict, Callable[[Mapping[str, np.ndarray]], list]]:
+    """Verify and load an artifact folder; returns its manifest and a feeds -> outputs function."""
+    from tuners.registry import load_tuner
+
+    manifest = check_artifact(folder)
+    tuner = load_tuner(manifest["backend"])
+    return manifest, tuner.load_exported(Path(folder) / "model", manifest.get("runtime", {}))
+
+
+def safe_extract(tarball: Path, dest: Path) -> Path:
+    """Extract an artifact tarball, refusing absolute paths, `..`, links and special files; returns its root."""
+    dest = Path(dest).resolve()
+    try:
+        with tarfile.open(tarball, "r:*") as archive:
+            members = archive.getmembers()
+            for member in members:
+                target = (dest / member.name).resolve()
+                if member.name.startswith("/") or (target != dest and dest not in target.parents):
+                    raise ArtifactError(f"refusing {tarball}: member {member.name!r} escapes the destination")
+                if member.issym() or member.islnk() or not (member.isfile() or member.isdir()):
+                    raise ArtifactError(f"refusing {tarball}: member {member.name!r} is a link or special file")
+            archive.extractall(dest, members=members, filter="data")
+    except tarfile.TarError as error:
+        raise ArtifactError(f"{tarball} is not a readable tar archive ({error})") from None
+    roots = {Path(m.name).parts[0] for m in members if Path(m.name).parts}
+    return dest / roots.pop() if len(roots) == 1 else dest
+
+
+def open_artifact(path: Path, scratch: Path) -> Path:
+    """A folder as is; a .tar.gz safely extracted into `scratch`."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"artifact not found: {path}")
+    return path if path.is_dir() else safe_extract(path, scratch)
+
+
+def _serve(manifest: dict, predict, port: int) -> None:
+    names = [spec["name"] for spec in manifest["inputs"]]
+    dtypes = {spec["name"]: spec["dtype"] for spec in manifest["inputs"]}
+
+    class Handler(BaseHTTPRequestHandler):
+        def _reply(self, code: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            if self.path == "/health":
+                self._reply(200, {"status": "ok", "backend": manifest["backend"]})
+            else:
+                self._reply(404, {"error": "not found"})
+
+        def do_POST(self):
+            if self.path != "/predict":
+                return self._reply(404, {"error": "not found"})
+            try:
+                length = int(self.headers.get("Content-Length", "0"))
+                payload = json.loads(self.rfile.read(length))
+                feeds = {name: np.asarray(payload["inputs"][name], dtype=dtypes[name]) for name in names}
+                outputs = predict(feeds)
+            except (KeyError, ValueError, TypeError) as error:
+                return self._reply(400, {"error": f"bad request: {error}"})
+            self._reply(200, {"outputs": [np.asarray(o).tolist() for o in outputs]})
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    print(f"serving {manifest['backend']} artifact on http://127.0.0.1:{server.server_port}", flush=True)
+    server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m advisor.runtime", description=__doc__.splitlines()[0])
+    parser.add_argument("artifact", type=Path, help="artifact folder or .tar.gz")
+    parser.add_argument("--input", type=Path, help=".npz with one array per model input")
+    parser.add_argument("--output", type=Path, help="where to write the outputs (.npz)")
+    parser.add_argument("--serve", action="store_true", help="serve POST /predict over HTTP on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            manifest, predict = load(open_artifact(args.artifact, Path(scratch)))
+        except (ArtifactError, OSError) as error:
+            print(f"advisor.runtime: error: {error}", file=sys.stderr)
+            return 2
+        if args.serve:
+            _serve(manifest, predict, args.port)
+            return 0
+        if args.input is None:
+            shapes = manifest["input_shapes"]
+            rng = np.random.default_rng(0)
+            feeds = {s["name"]: (rng.standard_normal(shapes[s["name"]]).astype(s["dtype"])
+                                 if s["dtype"].startswith("float") else np.ones(shapes[s["name"]], s["dtype"]))
+                     for s in manifest["inputs"]}
+        else:
+            with np.load(args.input) as data:
+                feeds = {name: data[name] for name in data.files}
+        outputs = predict(feeds)
+        if args.output:
+            np.savez(args.output, **{spec["name"]: out for spec, out in zip(manifest["outputs"], outputs)})
+        for spec, out in zip(manifest["outputs"], outputs):
+            out = np.asarray(out)
+            print(f"{spec['name']}: shape {list(out.shape)} dtype {out.dtype} mean {float(out.mean()):.6g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

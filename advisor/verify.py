@@ -1,0 +1,78 @@
+"""`advisor verify`: prove an artifact does what the report said: intact, loadable, numerically faithful to
+the original model, and within the SLO on this machine."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from advisor.errors import UserError
+from advisor.feeds import make_feeds
+from advisor.measure import HarnessSettings, LatencyStats, NumericCheck, compare_outputs, time_calls
+from advisor.model import ModelSpec, analyze
+from advisor.runtime import ArtifactError, load, open_artifact
+from advisor.slo import Slo, SloVerdict, judge
+
+EXIT_OK = 0
+EXIT_SLO_NOT_MET = 3
+EXIT_OUTPUTS_DIFFER = 4
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    manifest: dict
+    numerics: NumericCheck | None
+    numerics_note: str | None
+    latency: LatencyStats
+    verdict: SloVerdict
+
+    @property
+    def exit_code(self) -> int:
+        if self.numerics is not None and not self.numerics.passed:
+            return EXIT_OUTPUTS_DIFFER
+        return EXIT_OK if self.verdict.meets else EXIT_SLO_NOT_MET
+
+
+def _reference_outputs(model_path: Path, feeds) -> list:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def verify(artifact: Path, model: Path | None = None, harness: HarnessSettings | None = None) -> VerifyResult:
+    harness = harness or HarnessSettings()
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            folder = open_artifact(artifact, Path(scratch))
+            manifest, predict = load(folder)
+        except ArtifactError as error:
+            raise UserError(str(error)) from None
+        source = model or Path(manifest["source_model"]["path"])
+        batch = int(manifest.get("batch_size", 1))
+        shapes = {name: tuple(shape) for name, shape in manifest["input_shapes"].items()}
+        numerics, note = None, None
+        if source.is_file():
+            info = analyze(ModelSpec(source, shapes))
+            if info.sha256 != manifest["source_model"]["sha256"]:
+                raise UserError(f"{source} is not the model this artifact was built from (sha256 differs)")
+            feeds = make_feeds(info, batch)
+            numerics = compare_outputs(predict(feeds), _reference_outputs(source, feeds),
+                                       manifest.get("tolerance", 1e-3)
+                                       if manifest["config"].get("precision", "fp32") != "fp32" else 1e-3)
+        else:
+            import numpy as np
+
+            note = f"original model not found at {source}; pass --model to check outputs"
+            rng = np.random.default_rng(0)
+            feeds = {s["name"]: (rng.standard_normal(shapes[s["name"]]).astype(s["dtype"])
+                                 if s["dtype"].startswith("float") else np.ones(shapes[s["name"]], s["dtype"]))
+                     for s in manifest["inputs"]}
+        samples = time_calls(lambda: predict(feeds), harness)
+        latency = LatencyStats.from_samples(samples, harness.confidence, harness.bootstrap_resamples)
+        slo = Slo(manifest["slo"]["latency_ms"], manifest["slo"]["percentile"])
+        verdict = judge(slo, latency.at(slo.percentile), latency.intervals[slo.percentile])
+        return VerifyResult(manifest, numerics, note, latency, verdict)
