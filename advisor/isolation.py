@@ -38,6 +38,7 @@ class IsolatedResult:
 def child_main() -> None:
     """Child-process entry: read the pickled call from stdin, run it, write the pickled outcome to the fd in argv."""
     result_fd = int(sys.argv[1])
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     func, args = pickle.load(sys.stdin.buffer)
     try:
         outcome = ("ok", func(*args), None)
@@ -50,6 +51,14 @@ def child_main() -> None:
         payload = pickle.dumps(("error", f"unpicklable result: {error}"[:500], traceback.format_exc()))
     with os.fdopen(result_fd, "wb") as handle:
         handle.write(payload)
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    """A parent killed with SIGKILL cannot stop its children: they notice and stop themselves."""
+    while True:
+        if os.getppid() != parent_pid:
+            os.killpg(os.getpgid(0), signal.SIGKILL)  # this worker leads its own group: takes its workers along
+        time.sleep(0.5)
 
 
 def _tree_rss_bytes(process: psutil.Process) -> int:

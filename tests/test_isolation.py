@@ -47,3 +47,33 @@ def test_child_output_goes_to_log(tmp_path):
     result = run_isolated(faults.fail, ("logged",), timeout_s=60, log_path=log)
     assert not result.ok
     assert log.exists()
+
+
+def test_orphaned_child_stops_itself(tmp_path):
+    """kill -9 of the parent must not leave a hung worker behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys, faults\n"
+        "from advisor.isolation import run_isolated\n"
+        "run_isolated(faults.hang, timeout_s=3600)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    parent = subprocess.Popen([sys.executable, str(script)], env=env)
+    deadline = time.monotonic() + 30
+    children = []
+    while time.monotonic() < deadline and not children:
+        children = psutil.Process(parent.pid).children()
+        time.sleep(0.1)
+    assert children, "the worker never started"
+    worker = children[0]
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    worker.wait(timeout=10)  # raises psutil.TimeoutExpired if the worker outlives its parent
