@@ -1,0 +1,176 @@
+"""The CLI end to end on real models: exact exit codes, one-line errors, the report contract, the artifact."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from advisor.cli import cli
+
+FAST = ["--backends", "onnxruntime", "--budget", "40s", "--min-time", "0.2s", "--batch-sizes", "1,2", "--quiet"]
+REPO = Path(__file__).resolve().parent.parent
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(result) -> str:
+    assert result.output.startswith("advisor: error:"), result.output
+    assert result.output.count("\n") == 1, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def cnn_run(cnn_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "cnn"
+    copy = tmp_path_factory.mktemp("runs") / "copy.json"
+    result = invoke("recommend", cnn_path, "--slo", "50ms", "--out", out, "--json", copy, *FAST)
+    return result, out, copy
+
+
+def test_every_command_has_help():
+    for name, command in cli.commands.items():
+        assert command.help, f"{name} has no help text"
+        result = invoke(name, "--help")
+        assert result.exit_code == 0 and "Usage:" in result.output
+        for sub in getattr(command, "commands", {}).values():
+            assert sub.help
+
+
+def test_recommend_end_to_end(cnn_run):
+    result, out, copy = cnn_run
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert json.loads(copy.read_text()) == report
+    assert report["schema"] == "advisor.report/v1" and report["status"] == "recommended"
+    assert set(report["model"]) >= {"path", "sha256", "flops", "params", "inputs"}
+    assert report["slo"] == {"latency_ms": 50.0, "percentile": "p99"}
+    trials = report["trials"]
+    assert trials[0]["config"]["stock"] is True, "the stock session is the first trial"
+    assert {t["phase"] for t in trials} >= {"search", "confirm", "sweep"}
+    assert {t["batch_size"] for t in trials} == {1, 2}
+    for trial in trials:
+        assert set(trial) >= {"id", "backend", "target", "config", "batch_size", "status", "reason", "latency_ms",
+                              "throughput_per_s", "max_abs_error"}
+    assert len({t["id"] for t in trials}) == len(trials)
+    assert report["ranking"], "no instance ranked"
+    for row in report["ranking"]:
+        assert row["source"] in ("measured", "estimated")
+        assert row["latency_ms_interval"][0] <= row["latency_ms"] <= row["latency_ms_interval"][1]
+    recommendation = report["recommendation"]
+    assert recommendation["instance"] and Path(recommendation["artifact"]).is_dir()
+    assert (out / "report.html").is_file() and (out / "artifact.tar.gz").is_file()
+    assert "Recommendation:" in result.output
+
+
+def test_advice_never_slower_than_stock(cnn_run):
+    _, out, _ = cnn_run
+    report = json.loads((out / "report.json").read_text())
+    confirm = [t for t in report["trials"] if t["phase"] == "confirm" and t["status"] == "ok"]
+    stock = [t for t in confirm if t["config"].get("stock")]
+    best = min(confirm, key=lambda t: t["latency_ms"]["p99"])
+    assert stock and best["latency_ms"]["p99"] <= stock[0]["latency_ms"]["p99"]
+
+
+def test_verify_and_runtime(cnn_run, cnn_path, tmp_path):
+    _, out, _ = cnn_run
+    artifact = out / "artifact"
+    result = invoke("verify", artifact, "--model", cnn_path)
+    assert result.exit_code == 0, result.output
+    assert "checksums: ok" in result.output and "outputs: ok" in result.output
+    runner = subprocess.run([sys.executable, "-m", "advisor.runtime", str(out / "artifact.tar.gz")],
+                            capture_output=True, text=True, timeout=120)
+    assert runner.returncode == 0, runner.stderr
+    assert runner.stdout.startswith("logits: shape [1, 10]")
+    tampered = tmp_path / "tampered"
+    shutil.copytree(artifact, tampered)
+    with open(tampered / "model" / "model.onnx", "ab") as handle:
+        handle.write(b"\x00")
+    result = invoke("verify", tampered)
+    assert result.exit_code == 2 and "was modified" in one_line_error(result)
+
+
+def test_resume_of_a_finished_run_measures_nothing(cnn_run, cnn_path):
+    _, out, _ = cnn_run
+    before = json.loads((out / "report.json").read_text())
+    lines_before = (out / "trials.jsonl").read_text().count("\n")
+    result = invoke("recommend", cnn_path, "--slo", "50ms", "--out", out, "--resume", *FAST)
+    assert result.exit_code == 0, result.output
+    after = json.loads((out / "report.json").read_text())
+    assert (out / "trials.jsonl").read_text().count("\n") == lines_before
+    assert after["trials"] == before["trials"]
+    assert after["ranking"] == before["ranking"]
+    assert after["recommendation"]["instance"] == before["recommendation"]["instance"]
+
+
+def test_existing_run_without_resume_is_refused(cnn_run, cnn_path):
+    _, out, _ = cnn_run
+    result = invoke("recommend", cnn_path, "--slo", "50ms", "--out", out, *FAST)
+    assert result.exit_code == 2 and "--resume" in one_line_error(result)
+
+
+def test_nothing_meets_the_slo(mlp_path, tmp_path):
+    result = invoke("recommend", mlp_path, "--slo", "0.0001ms", "--out", tmp_path / "run", "--no-artifact", *FAST)
+    assert result.exit_code == 3, result.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["status"] == "no_slo_met" and report["recommendation"] is None
+    assert report["closest_miss"]["latency_ms"] > 0.0001
+    assert "No instance meets the SLO" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--slo", "abc"], "invalid latency"),
+    (["--slo", "-5ms"], "invalid latency"),
+    (["--slo", "0ms"], "must be greater than zero"),
+    (["--slo", "10ms", "--backends", "nonsense"], "unknown backend nonsense"),
+    (["--slo", "10ms", "--input-shape", "nope=1,2"], "unknown input 'nope'"),
+    (["--slo", "10ms", "--input-shape", "image=1,3"], "has rank 2"),
+    (["--slo", "10ms", "--catalog", "/does/not/exist.yaml"], "catalog"),
+    (["--slo", "10ms", "--resume"], "--resume needs --out"),
+])
+def test_bad_input_is_one_line(cnn_path, tmp_path, args, message):
+    result = invoke("recommend", cnn_path, *args, "--out", tmp_path / "never")
+    assert result.exit_code == 2
+    assert message in one_line_error(result)
+
+
+def test_dynamic_axis_without_shape(encoder_path, tmp_path):
+    result = invoke("recommend", encoder_path, "--slo", "10ms", "--out", tmp_path / "never")
+    assert result.exit_code == 2
+    assert "input 'input_ids' has dynamic axis 1" in one_line_error(result)
+
+
+def test_concurrent_run_on_same_folder_is_refused(cnn_path, tmp_path):
+    from filelock import FileLock
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    with FileLock(str(out / ".lock")):
+        result = invoke("recommend", cnn_path, "--slo", "10ms", "--out", out, *FAST)
+    assert result.exit_code == 2 and "another advisor run is using" in one_line_error(result)
+
+
+def test_analyze(cnn_path):
+    result = invoke("analyze", cnn_path, "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.output)
+    assert data["inputs"][0]["name"] == "image" and data["flops"] > 0
+
+
+def test_installed_console_script(cnn_path):
+    script = Path(sys.executable).parent / "advisor"
+    if not script.exists():
+        pytest.skip("the advisor console script is not installed next to this interpreter")
+    done = subprocess.run([str(script), "recommend", str(cnn_path), "--slo", "abc"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "advisor: error: Invalid value for '--slo': invalid latency 'abc': expected a " \
+                                  "positive number with a unit, e.g. 400ms, 0.4s or 400"
+    done = subprocess.run([str(script), "analyze", str(cnn_path)], capture_output=True, text=True)
+    assert done.returncode == 0 and "Operator mix" in done.stdout
