@@ -44,6 +44,7 @@ class RecommendConfig:
     memory_limit_mib: float | None = None  # per isolated worker; None: 80 % of this machine's memory
     harness: HarnessSettings = field(default_factory=HarnessSettings)
     make_artifact: bool = True
+    cluster: str | None = None  # "ray://HOST:PORT" or "auto": also profile on the cluster's instance nodes
 
     def __post_init__(self):
         if self.budget_s <= 0:
@@ -75,4 +76,4 @@ class RecommendConfig:
                 "tolerance": self.tolerance, "local_price_per_hour": self.local_price_per_hour,
                 "providers": list(self.providers), "region": self.region,
                 "catalogs": [str(p) for p in self.catalog_paths], "harness": asdict(self.harness),
-                "out_dir": str(self.out_dir), "cache_dir": str(self.cache_dir)}
+                "out_dir": str(self.out_dir), "cache_dir": str(self.cache_dir), "cluster": self.cluster}

@@ -6,17 +6,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 
+import psutil
+
+from advisor.config import RecommendConfig
 from advisor.executor import ExecutionLimits, MeasureJob, ensure_reference, run_job
 from advisor.measure import HarnessSettings
 from advisor.model import ModelInfo
 from advisor.progress import Progress
+from advisor.report import BackendStatus
 from advisor.runfolder import RunFolder
 from advisor.slo import Slo
 from advisor.trials import Trial
+from hwprofiles.targets import Target
 from tuners.base import Candidate, TrialOutcome, TuneContext, Tuner
+from tuners.registry import TUNERS, load_tuner, tuner_names
 
+SEARCH_SHARE = 0.7  # of --budget; the rest goes to the head-to-heads and the batch sweeps
 CONFIRM_TOP = 3  # candidates (besides the baseline) re-measured head to head
 WORKER_STARTUP_S = 120.0  # slack on each worker's time-out for process start, imports and compilation
 
@@ -139,5 +145,65 @@ def best_trial(trials: list[Trial], percentile: str) -> Trial | None:
     return min(pool, key=lambda t: t.latency_at(percentile)) if pool else None
 
 
-def workdir_for(run: RunFolder, backend: str, target: str) -> Path:
-    return run.backend_dir(backend, target)
+
+
+@dataclass(frozen=True)
+class TuningOutcome:
+    trials: list[Trial]
+    statuses: list[BackendStatus]
+    tunings: list[BackendTuning]
+
+
+def _available_pairs(config: RecommendConfig, targets) -> tuple[list[tuple[Tuner, Target]], list[BackendStatus]]:
+    """Every (backend, target) that can run here, and the status of every one, available or not."""
+    names = list(config.backends) or tuner_names()
+    runnable, statuses = [], []
+    for name in names:
+        tuner = load_tuner(name)
+        for target in targets:
+            availability = tuner.availability(target)
+            versions = tuner.versions() if availability.available else {}
+            statuses.append(BackendStatus(name, target.id, availability.available, availability.reason, versions))
+            if availability.available:
+                runnable.append((tuner, target))
+    return runnable, statuses
+
+
+def sweep_sizes(info: ModelInfo, config: RecommendConfig) -> list[int]:
+    if not info.batch_axis:
+        return [1]
+    return sorted(set(config.batch_sizes) | {config.slo_batch_size})
+
+
+def tune_targets(run: RunFolder, info: ModelInfo, config: RecommendConfig, targets, progress: Progress) -> TuningOutcome:
+    """Search, confirm and sweep every available backend on every target, within --budget.
+
+    SEARCH_SHARE of the budget is split over the (backend, target) pairs by the registry's budget weights (a
+    backend that finishes early leaves its remainder to the next); the rest is for head-to-heads and sweeps.
+    """
+    pairs, statuses = _available_pairs(config, targets)
+    memory_limit = config.memory_limit_mib or psutil.virtual_memory().total / 2**20 * 0.8
+    weights = {id(pair): TUNERS[pair[0].name].budget_weight for pair in pairs}
+    overall = Deadline.after(config.budget_s)
+    tunings = []
+    for tuner, target in pairs:
+        share = config.budget_s * SEARCH_SHARE * TUNERS[tuner.name].budget_weight / max(sum(weights.values()), 1e-9)
+        ctx = TuneContext(info=info, target=target, workdir=run.backend_dir(tuner.name, target.id),
+                          cache_dir=config.cache_dir, budget_s=share, tolerance=config.tolerance,
+                          batch_size=config.slo_batch_size)
+        tunings.append(BackendTuning(tuner, ctx, run, info, config.slo, config.harness, memory_limit, progress))
+    trials: list[Trial] = []
+    unused = 0.0
+    for tuning in tunings:
+        name, target = tuning.tuner.name, tuning.ctx.target
+        progress.stage(f"tuning {name} on {target.label}")
+        started = time.monotonic()
+        searched = tuning.search(Deadline.after(min(tuning.ctx.budget_s + unused, overall.remaining)))
+        unused = max(0.0, tuning.ctx.budget_s + unused - (time.monotonic() - started))
+        trials += searched
+        trials += tuning.confirm(searched, Deadline.after(max(10.0, overall.remaining / 2)))
+        best = best_trial([t for t in trials if t.backend == name and t.target == target.id], config.slo.percentile)
+        if best is not None:
+            progress.stage(f"batch-size sweep of the best {name} candidate on {target.id}")
+            trials += tuning.sweep(best, sweep_sizes(info, config), Deadline.after(overall.remaining + 30))
+    return TuningOutcome(trials, statuses, tunings)

@@ -64,16 +64,25 @@ class Target:
     cpu: CpuInfo
     gpu: GpuInfo | None = None
     threads: int = field(default=0)  # cores the backends may use; 0 means all physical cores
+    instance: str | None = None  # the catalogue instance this target is (set for cluster nodes), else None
 
     @property
     def label(self) -> str:
+        if self.instance is not None:
+            return f"{self.instance} ({self.gpu.name if self.gpu else self.cpu.model}, cluster node)"
         if self.gpu is not None:
             return f"{self.gpu.name} (cuda:{self.gpu.index})"
         return f"{self.cpu.model} ({self.cpu.physical_cores} cores, {self.cpu.microarchitecture})"
 
     def to_dict(self) -> dict:
         return {"id": self.id, "kind": self.kind, "label": self.label, "cpu": self.cpu.to_dict(),
-                "gpu": self.gpu.to_dict() if self.gpu else None}
+                "gpu": self.gpu.to_dict() if self.gpu else None, "instance": self.instance}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Target:
+        gpu = data.get("gpu")
+        return cls(id=data["id"], kind=data["kind"], cpu=CpuInfo(**{**data["cpu"], "isa": tuple(data["cpu"]["isa"])}),
+                   gpu=GpuInfo(**gpu) if gpu else None, instance=data.get("instance"))
 
 
 def _cpuinfo_fields() -> dict[str, str]:
