@@ -45,7 +45,7 @@ def _attach_file_log(path: Path) -> logging.Handler:
 
 def recommend(config: RecommendConfig, progress: Progress | None = None) -> RunResult:
     progress = progress or Progress()
-    progress.stage("analysing the model")
+    # validation first, silently: a bad input must produce exactly one line on stderr
     info = analyze(config.model)
     catalog = load_catalog(list(config.catalog_paths), providers=list(config.providers) or None,
                            region=config.region)
@@ -66,6 +66,8 @@ def recommend(config: RecommendConfig, progress: Progress | None = None) -> RunR
 
 def _recommend_in(run: RunFolder, info: ModelInfo, catalog, config: RecommendConfig, progress: Progress) -> RunResult:
     started_at = now_iso()
+    progress.stage(f"{info.path.name}: {info.flops / 1e9:.3g} GFLOP, {info.params / 1e6:.3g} M parameters; "
+                   f"run folder {run.path}")
     targets = detect_targets()
     log.info("targets: %s", [t.label for t in targets])
     info.shapes_at(config.slo_batch_size)  # a fixed-batch model cannot take --batch N: fail before tuning

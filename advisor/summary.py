@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from rich.console import Console
@@ -15,7 +16,8 @@ def _money(value) -> str:
 
 
 def print_summary(report: dict, run_dir: Path, console: Console | None = None) -> None:
-    console = console or Console(highlight=False, soft_wrap=True)
+    # a pipe or a CI log is not a terminal: rich would squeeze the table to 80 columns
+    console = console or Console(highlight=False, width=max(shutil.get_terminal_size((150, 40)).columns, 150))
     slo = report["slo"]
     table = Table(title=f"Instances by cost per million inferences (SLO {slo['percentile']} <= "
                         f"{slo['latency_ms']:g} ms)")

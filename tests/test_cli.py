@@ -133,12 +133,18 @@ def test_nothing_meets_the_slo(mlp_path, tmp_path):
     (["--slo", "10ms", "--input-shape", "nope=1,2"], "unknown input 'nope'"),
     (["--slo", "10ms", "--input-shape", "image=1,3"], "has rank 2"),
     (["--slo", "10ms", "--catalog", "/does/not/exist.yaml"], "catalog"),
-    (["--slo", "10ms", "--resume"], "--resume needs --out"),
 ])
 def test_bad_input_is_one_line(cnn_path, tmp_path, args, message):
     result = invoke("recommend", cnn_path, *args, "--out", tmp_path / "never")
     assert result.exit_code == 2
     assert message in one_line_error(result)
+    assert not (tmp_path / "never").exists(), "a bad input must be refused before anything is written"
+
+
+def test_resume_needs_out(cnn_path):
+    result = invoke("recommend", cnn_path, "--slo", "10ms", "--resume")
+    assert result.exit_code == 2
+    assert "--resume needs --out" in one_line_error(result)
 
 
 def test_dynamic_axis_without_shape(encoder_path, tmp_path):

@@ -1,0 +1,349 @@
+"""Ranking catalogue instances by cost per million inferences among those meeting the SLO.
+
+Every row is `measured` (the instance's hardware was measured: this machine or a cluster node of that type) or
+`estimated` (advisor.costmodel, anchored on the nearest measured hardware), always with an interval.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from advisor.costmodel import (CROSS_HARDWARE_FACTOR, Hardware, Observation, RooflineModel, derived_cpu_hardware,
+                               family_of, transfer)
+from advisor.model import ModelInfo
+from advisor.sizing import (batching_window_ms, cost_per_million, instances_needed, memory_needed_gib, monthly_cost,
+                            throughput_per_s)
+from advisor.slo import Slo, judge
+from advisor.trials import Trial
+from hwprofiles.catalog import Catalog, Instance
+from hwprofiles.targets import Target
+
+NEAR_TIE = 0.05  # rows within 5 % of the winner's cost are shown as ties
+
+
+@dataclass(frozen=True)
+class RankingInputs:
+    info: ModelInfo
+    trials: Sequence[Trial]
+    targets: Sequence[Target]
+    catalog: Catalog
+    slo: Slo
+    qps: float | None = None
+    utilisation: float = 0.7
+    local_price_per_hour: float | None = None
+    batch_size: int | None = None
+
+
+@dataclass(frozen=True)
+class RankedRow:
+    instance: str
+    provider: str
+    region: str
+    price_per_hour: float | None
+    backend: str
+    trial_id: str
+    config: dict
+    target: str
+    batch_size: int
+    source: str  # measured | estimated
+    latency_ms: float
+    latency_ms_interval: tuple[float, float]
+    slo_verdict: str
+    slo_margin_ms: float
+    meets_slo: bool
+    cost_per_million: float | None
+    instances_needed: int | None
+    monthly_cost: float | None
+    memory_needed_gib: float | None
+    throughput_per_s: float | None
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        data = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        data["latency_ms_interval"] = list(self.latency_ms_interval)
+        data["notes"] = list(self.notes)
+        return data
+
+
+@dataclass(frozen=True)
+class Ranking:
+    rows: tuple[RankedRow, ...]
+    excluded: tuple[dict, ...]
+    pareto: tuple[str, ...]
+    recommendation: RankedRow | None
+    closest_miss: RankedRow | None
+    costmodel: dict
+    local_peaks: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"rows": [r.to_dict() for r in self.rows], "excluded": list(self.excluded),
+                "pareto": list(self.pareto),
+                "recommendation": self.recommendation.to_dict() if self.recommendation else None,
+                "closest_miss": self.closest_miss.to_dict() if self.closest_miss else None,
+                "costmodel": self.costmodel}
+
+
+@dataclass
+class CandidateCurve:
+    """One backend configuration measured on one target, at one or more batch sizes."""
+
+    backend: str
+    target: str
+    config: dict
+    by_batch: dict[int, Trial]
+
+    def threads(self) -> int:
+        return int(self.config.get("intra_op_threads", 0) or 0)
+
+
+def _curves(trials: Sequence[Trial]) -> list[CandidateCurve]:
+    """Group ok trials by (backend, target, config); head-to-head measurements win over search ones."""
+    rank = {"confirm": 0, "sweep": 1, "search": 2}
+    curves: dict[str, CandidateCurve] = {}
+    for trial in sorted((t for t in trials if t.ok), key=lambda t: rank.get(t.phase, 3)):
+        key = json.dumps([trial.backend, trial.target, dict(trial.config)], sort_keys=True)
+        curve = curves.setdefault(key, CandidateCurve(trial.backend, trial.target, dict(trial.config), {}))
+        curve.by_batch.setdefault(trial.batch_size, trial)
+    return list(curves.values())
+
+
+def instance_hardware(instance: Instance) -> Hardware:
+    cores = instance.gpu.count if instance.gpu else instance.cpu.physical_cores
+    return Hardware(instance.peak.fp32_gflops, instance.peak.bandwidth_gbs, cores,
+                    family_of(instance.cpu.vendor, gpu=instance.gpu is not None),
+                    instance.gpu.model if instance.gpu else instance.cpu.microarchitecture)
+
+
+def matches(instance: Instance, target: Target) -> bool:
+    """Measured results attach to instances with the same hardware: a cluster node's own instance; for this
+    machine, the same GPU type, or the same CPU microarchitecture and vCPU count (a VM shows vCPUs as cores)."""
+    if target.instance is not None:
+        return target.instance == instance.name
+    if target.kind == "cuda":
+        return instance.gpu is not None and target.gpu is not None and instance.gpu.model == target.gpu.catalog_type
+    return (instance.gpu is None and instance.cpu.microarchitecture == target.cpu.microarchitecture
+            and instance.vcpus == target.cpu.logical_cores)
+
+
+def target_hardware(target: Target, catalog: Catalog) -> tuple[Hardware, str]:
+    """The measured machine's figures: from a matching catalogue entry, else derived from its ISA."""
+    match = next((i for i in catalog.instances if matches(i, target)), None)
+    if match is not None:
+        return instance_hardware(match), f"catalogue entry {match.name}"
+    if target.kind == "cuda":
+        return Hardware(10_000.0, 500.0, 1, "gpu", target.gpu.name if target.gpu else "gpu"), "assumed GPU figures"
+    cpu = target.cpu
+    return derived_cpu_hardware(cpu.isa, cpu.physical_cores, cpu.vendor, cpu.microarchitecture), \
+        f"derived from ISA at {3.0:g} GHz"
+
+
+@dataclass(frozen=True)
+class _Figure:
+    latency_ms: float  # at the SLO percentile
+    interval: tuple[float, float]
+    mean_ms: float
+
+
+def _measured_figure(trial: Trial, percentile: str) -> _Figure:
+    return _Figure(trial.latency.at(percentile), tuple(trial.latency.intervals[percentile]), trial.latency.mean)
+
+
+class _Estimator:
+    """Fits one roofline per measured target and moves its measurements to other hardware."""
+
+    def __init__(self, inputs: RankingInputs, measured: list[tuple[Target, Hardware]]):
+        self.inputs = inputs
+        self.measured = measured
+        self.models: dict[str, RooflineModel] = {}
+        for target, hardware in measured:
+            observations = []
+            for trial in inputs.trials:
+                if trial.ok and trial.target == target.id and trial.config.get("precision", "fp32") == "fp32":
+                    threads = int(trial.config.get("intra_op_threads", 0) or 0)
+                    observations.append(Observation(inputs.info.flops * trial.batch_size,
+                                                    inputs.info.bytes_moved * trial.batch_size,
+                                                    hardware.available_gflops(threads), hardware.bandwidth_gbs,
+                                                    trial.latency.p50))
+            if observations:
+                self.models[target.id] = RooflineModel.fit(observations)
+
+    def reference_for(self, instance: Instance) -> tuple[Target, Hardware] | None:
+        """The measured target most like this instance: same kind first, then same family, then most cores."""
+        want_gpu = instance.gpu is not None
+        other = instance_hardware(instance)
+        usable = [(t, h) for t, h in self.measured if t.id in self.models]
+        if not usable:
+            return None
+        return max(usable, key=lambda th: ((th[0].kind == "cuda") == want_gpu, th[1].family == other.family,
+                                           th[1].microarchitecture == other.microarchitecture, th[1].cores))
+
+    def figure(self, trial: Trial, reference: Hardware, instance: Instance) -> tuple[_Figure, str]:
+        model = self.models[trial.target]
+        percentile = self.inputs.slo.percentile
+        flops = self.inputs.info.flops * trial.batch_size
+        nbytes = self.inputs.info.bytes_moved * trial.batch_size
+        threads = int(trial.config.get("intra_op_threads", 0) or 0)
+        point, interval, kind = transfer(trial.latency.at(percentile), tuple(trial.latency.intervals[percentile]),
+                                         model, flops, nbytes, reference, threads, instance_hardware(instance))
+        mean, _, _ = transfer(trial.latency.mean, (trial.latency.mean, trial.latency.mean), model, flops, nbytes,
+                              reference, threads, instance_hardware(instance))
+        return _Figure(point, interval, mean), kind
+
+
+def _row(inputs: RankingInputs, name: str, provider: str, region: str, price: float | None, curve: CandidateCurve,
+         figures: dict[int, _Figure], source: str, notes: tuple[str, ...], memory_gib: float | None) -> RankedRow:
+    slo = inputs.slo
+    slo_batch = inputs.batch_size or 1
+    judged = figures[slo_batch]
+    verdict = judge(slo, judged.latency_ms, judged.interval)
+    # the cheapest way to serve: the largest batch whose latency (plus the wait to fill it) still meets the SLO
+    best_batch, best_throughput = slo_batch, throughput_per_s(slo_batch, judged.mean_ms)
+    for batch, figure in sorted(figures.items()):
+        if inputs.batch_size is not None and batch != inputs.batch_size:
+            continue
+        if figure.interval[1] + batching_window_ms(batch, inputs.qps) <= slo.latency_ms:
+            throughput = throughput_per_s(batch, figure.mean_ms)
+            if throughput > best_throughput:
+                best_batch, best_throughput = batch, throughput
+    cost = cost_per_million(price, best_throughput) if price else None
+    needed = instances_needed(inputs.qps, best_throughput, inputs.utilisation) if inputs.qps else None
+    monthly = monthly_cost(needed, price) if needed and price else None
+    trial = curve.by_batch[slo_batch]
+    if source == "estimated" and verdict.verdict != "misses" and judged.interval[1] > slo.latency_ms:
+        notes = (*notes, "verify on the instance: the estimate's interval crosses the SLO")
+    return RankedRow(
+        instance=name, provider=provider, region=region, price_per_hour=price, backend=curve.backend,
+        trial_id=trial.id, config=dict(curve.config), target=curve.target, batch_size=best_batch, source=source,
+        latency_ms=judged.latency_ms, latency_ms_interval=judged.interval, slo_verdict=verdict.verdict,
+        slo_margin_ms=verdict.margin_ms, meets_slo=verdict.meets, cost_per_million=cost, instances_needed=needed,
+        monthly_cost=monthly, memory_needed_gib=memory_gib, throughput_per_s=best_throughput, notes=notes)
+
+
+def _better(a: RankedRow, b: RankedRow | None) -> bool:
+    """Meeting the SLO first, then cheaper, then faster."""
+    if b is None:
+        return True
+    key = lambda r: (not r.meets_slo, r.cost_per_million if r.cost_per_million is not None else float("inf"),  # noqa: E731
+                     r.latency_ms)
+    return key(a) < key(b)
+
+
+def _memory(inputs: RankingInputs, curve: CandidateCurve) -> float:
+    peak = max((t.peak_rss_mib or 0) for t in curve.by_batch.values())
+    activations = max(inputs.info.bytes_moved - inputs.info.weight_bytes, 0)
+    largest = max(curve.by_batch)
+    return memory_needed_gib(inputs.info.weight_bytes, activations, largest, peak or None)
+
+
+def _fits(instance: Instance, needed_gib: float) -> str | None:
+    capacity = instance.gpu.memory_gib if instance.gpu else instance.memory_gib
+    if needed_gib > capacity:
+        where = "GPU memory" if instance.gpu else "memory"
+        return f"needs {needed_gib:.1f} GiB, has {capacity:g} GiB of {where}"
+    return None
+
+
+def _pareto(rows: list[RankedRow]) -> tuple[str, ...]:
+    priced = sorted((r for r in rows if r.price_per_hour is not None), key=lambda r: (r.price_per_hour, r.latency_ms))
+    frontier, best_latency = [], float("inf")
+    for row in priced:
+        if row.latency_ms < best_latency:
+            frontier.append(row.instance)
+            best_latency = row.latency_ms
+    return tuple(frontier)
+
+
+def rank(inputs: RankingInputs) -> Ranking:
+    curves = _curves(inputs.trials)
+    slo_batch = inputs.batch_size or 1
+    curves = [c for c in curves if slo_batch in c.by_batch]
+    measured_targets = [t for t in inputs.targets if any(c.target == t.id for c in curves)]
+    hardware = {t.id: target_hardware(t, inputs.catalog) for t in measured_targets}
+    estimator = _Estimator(inputs, [(t, hardware[t.id][0]) for t in measured_targets])
+    rows: list[RankedRow] = []
+    excluded: list[dict] = []
+    attached: set[str] = set()
+    for instance in inputs.catalog.instances:
+        matched = [t for t in measured_targets if matches(instance, t)]
+        best: RankedRow | None = None
+        memory_reason = None
+        if matched:
+            attached.update(t.id for t in matched)
+            pool = [c for c in curves if c.target in {t.id for t in matched}]
+            source = "measured"
+        else:
+            reference = estimator.reference_for(instance)
+            pool = [c for c in curves if reference and c.target == reference[0].id]
+            source = "estimated"
+        for curve in pool:
+            memory = _memory(inputs, curve)
+            memory_reason = _fits(instance, memory)
+            if memory_reason:
+                continue
+            notes: tuple[str, ...] = ()
+            if source == "measured":
+                figures = {b: _measured_figure(t, inputs.slo.percentile) for b, t in curve.by_batch.items()}
+            else:
+                figures, kind = {}, ""
+                ref_hw = hardware[curve.target][0]
+                for batch, trial in curve.by_batch.items():
+                    figures[batch], kind = estimator.figure(trial, ref_hw, instance)
+                notes = (f"estimated from {curve.target} measurements ({kind.replace('_', ' ')})",)
+            row = _row(inputs, instance.name, instance.provider, instance.region, instance.price_per_hour, curve,
+                       figures, source, notes, memory)
+            if _better(row, best):
+                best = row
+        if best is not None:
+            rows.append(best)
+        elif memory_reason:
+            excluded.append({"instance": instance.name, "reason": memory_reason})
+        else:
+            excluded.append({"instance": instance.name, "reason": "no measurement to base an estimate on"})
+    for target in measured_targets:
+        if target.id in attached or target.instance is not None:
+            continue
+        # this machine matches no catalogue entry: it is still a measured row, priced only with --local-price
+        best = None
+        for curve in (c for c in curves if c.target == target.id):
+            figures = {b: _measured_figure(t, inputs.slo.percentile) for b, t in curve.by_batch.items()}
+            row = _row(inputs, f"local ({target.label})", "local", "-", inputs.local_price_per_hour, curve, figures,
+                       "measured", ("this machine; pass --local-price to price it",) if
+                       inputs.local_price_per_hour is None else ("this machine",), _memory(inputs, curve))
+            if _better(row, best):
+                best = row
+        if best is not None:
+            rows.append(best)
+    rows.sort(key=lambda r: (not r.meets_slo, r.cost_per_million if r.cost_per_million is not None else float("inf"),
+                             r.latency_ms))
+    recommendation = next((r for r in rows if r.meets_slo and r.cost_per_million is not None), None)
+    if recommendation is not None and recommendation.source == "estimated":
+        # within a near-tie, a measured figure beats an estimate: prefer what was actually seen to run
+        measured = next((r for r in rows if r.meets_slo and r.source == "measured" and r.cost_per_million is not None
+                         and r.cost_per_million <= recommendation.cost_per_million * (1 + NEAR_TIE)), None)
+        if measured is not None:
+            rows.remove(measured)
+            rows.insert(0, measured)
+            recommendation = measured
+    if recommendation is not None:
+        tied = [r.instance for r in rows if r is not recommendation and r.meets_slo and r.cost_per_million is not None
+                and r.cost_per_million <= recommendation.cost_per_million * (1 + NEAR_TIE)]
+        if tied:
+            rows = [_with_note(r, f"near-tie with {recommendation.instance} (within {NEAR_TIE:.0%} on cost)")
+                    if r.instance in tied else r for r in rows]
+            recommendation = _with_note(recommendation, f"near-tie with {', '.join(tied)}")
+            rows[0] = recommendation
+    closest = None if recommendation else min(rows, key=lambda r: r.latency_ms / inputs.slo.latency_ms, default=None)
+    costmodel = {"targets": {tid: {"figures": hw[1], "peak_gflops": hw[0].peak_gflops,
+                                   "bandwidth_gbs": hw[0].bandwidth_gbs,
+                                   "fit": estimator.models[tid].to_dict() if tid in estimator.models else None}
+                             for tid, hw in hardware.items()},
+                 "cross_hardware_factors": dict(CROSS_HARDWARE_FACTOR)}
+    local = next((hardware[t.id][0] for t in measured_targets if t.id == "cpu"), None)
+    local_peaks = {"peak_gflops": local.peak_gflops, "peak_bandwidth_gbs": local.bandwidth_gbs} if local else {}
+    return Ranking(tuple(rows), tuple(excluded), _pareto(rows), recommendation, closest, costmodel, local_peaks)
+
+
+def _with_note(row: RankedRow, note: str) -> RankedRow:
+    return replace(row, notes=(*row.notes, note))
