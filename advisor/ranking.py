@@ -59,6 +59,7 @@ class RankedRow:
     memory_needed_gib: float | None
     throughput_per_s: float | None
     notes: tuple[str, ...] = ()
+    recommendable: bool = True  # False for figures too indirect to act on (a GPU estimated from CPU runs)
 
     def to_dict(self) -> dict:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -278,6 +279,7 @@ def rank(inputs: RankingInputs) -> Ranking:
             pool = [c for c in curves if reference and c.target == reference[0].id]
             source = "estimated"
         for curve in pool:
+            kind = "measured"
             memory = _memory(inputs, curve)
             memory_reason = _fits(instance, memory)
             if memory_reason:
@@ -291,8 +293,13 @@ def rank(inputs: RankingInputs) -> Ranking:
                 for batch, trial in curve.by_batch.items():
                     figures[batch], kind = estimator.figure(trial, ref_hw, instance)
                 notes = (f"estimated from {curve.target} measurements ({kind.replace('_', ' ')})",)
+                if kind == "gpu_from_cpu":
+                    notes = (*notes, "not recommendable: no GPU was measured; run advisor on a GPU host or a "
+                                     "--cluster node of this type")
             row = _row(inputs, instance.name, instance.provider, instance.region, instance.price_per_hour, curve,
                        figures, source, notes, memory)
+            if source == "estimated" and kind == "gpu_from_cpu":
+                row = replace(row, recommendable=False)
             if _better(row, best):
                 best = row
         if best is not None:
@@ -317,7 +324,8 @@ def rank(inputs: RankingInputs) -> Ranking:
             rows.append(best)
     rows.sort(key=lambda r: (not r.meets_slo, r.cost_per_million if r.cost_per_million is not None else float("inf"),
                              r.latency_ms))
-    recommendation = next((r for r in rows if r.meets_slo and r.cost_per_million is not None), None)
+    recommendation = next((r for r in rows if r.meets_slo and r.recommendable and r.cost_per_million is not None),
+                          None)
     if recommendation is not None and recommendation.source == "estimated":
         # within a near-tie, a measured figure beats an estimate: prefer what was actually seen to run
         measured = next((r for r in rows if r.meets_slo and r.source == "measured" and r.cost_per_million is not None
@@ -327,13 +335,15 @@ def rank(inputs: RankingInputs) -> Ranking:
             rows.insert(0, measured)
             recommendation = measured
     if recommendation is not None:
-        tied = [r.instance for r in rows if r is not recommendation and r.meets_slo and r.cost_per_million is not None
+        tied = [r.instance for r in rows if r is not recommendation and r.meets_slo and r.recommendable
+                and r.cost_per_million is not None
                 and r.cost_per_million <= recommendation.cost_per_million * (1 + NEAR_TIE)]
         if tied:
-            rows = [_with_note(r, f"near-tie with {recommendation.instance} (within {NEAR_TIE:.0%} on cost)")
+            noted = _with_note(recommendation, f"near-tie with {', '.join(tied)}")
+            rows = [noted if r is recommendation else
+                    _with_note(r, f"near-tie with {recommendation.instance} (within {NEAR_TIE:.0%} on cost)")
                     if r.instance in tied else r for r in rows]
-            recommendation = _with_note(recommendation, f"near-tie with {', '.join(tied)}")
-            rows[0] = recommendation
+            recommendation = noted
     closest = None if recommendation else min(rows, key=lambda r: r.latency_ms / inputs.slo.latency_ms, default=None)
     costmodel = {"targets": {tid: {"figures": hw[1], "peak_gflops": hw[0].peak_gflops,
                                    "bandwidth_gbs": hw[0].bandwidth_gbs,

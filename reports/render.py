@@ -19,15 +19,20 @@ def _environment() -> Environment:
                       autoescape=lambda name: name is None or not name.endswith(".md.j2"),
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["md"] = lambda v: str(v).replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
-    env.filters["money"] = lambda v: "—" if v is None else f"${v:,.4g}"
-    env.filters["ms"] = lambda v: "—" if v is None else f"{v:.3f}"
+    env.filters["money"] = lambda v: f"${v:,.4g}" if _is_number(v) else "—"
+    env.filters["ms"] = lambda v: f"{v:.3f}" if _is_number(v) else "—"
     env.filters["si"] = _si
     env.filters["config"] = lambda c: ", ".join(f"{k}={v}" for k, v in (c or {}).items() if k != "stock") or "—"
     return env
 
 
+def _is_number(value) -> bool:
+    """Optional report fields may be null or absent (Undefined in the template): both render as a dash."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _si(value, unit: str = "") -> str:
-    if value is None:
+    if not _is_number(value):
         return "—"
     for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(value) >= scale:

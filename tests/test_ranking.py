@@ -1,0 +1,172 @@
+"""Sizing arithmetic, the learned roofline, and ranking edge cases, on real model analysis and real samples."""
+
+import math
+
+import numpy as np
+import pytest
+
+from advisor.costmodel import Hardware, Observation, RooflineModel, relation
+from advisor.measure import LatencyStats
+from advisor.model import ModelSpec, analyze
+from advisor.ranking import RankingInputs, matches, rank
+from advisor.sizing import (batching_window_ms, cost_per_million, instances_needed, memory_needed_gib, monthly_cost,
+                            throughput_per_s)
+from advisor.slo import Slo
+from advisor.trials import Trial
+from hwprofiles.catalog import load_catalog
+from hwprofiles.targets import CpuInfo, Target
+
+ZEN3 = CpuInfo(model="AMD EPYC 7R13", vendor="amd", arch="x86_64", microarchitecture="znver3", isa=("avx2", "fma"),
+               physical_cores=2, logical_cores=2, memory_gib=4.0)
+SKYLAKE = CpuInfo(model="Intel Xeon", vendor="intel", arch="x86_64", microarchitecture="skylake-avx512",
+                  isa=("avx2", "avx512f"), physical_cores=3, logical_cores=6, memory_gib=16.0)
+
+
+def test_sizing_by_hand():
+    assert throughput_per_s(4, 20.0) == 200.0
+    assert cost_per_million(0.36, 100.0) == pytest.approx(1.0)  # $0.36/h at 100/s = 360,000/h -> $1 per million
+    assert batching_window_ms(1, 100) == 0 and batching_window_ms(5, 100) == 40.0
+    assert instances_needed(1000, 200.0, 0.7) == math.ceil(1000 / 140)
+    assert monthly_cost(3, 0.5) == 3 * 0.5 * 730
+    assert memory_needed_gib(2**30, 2**29, 2) == pytest.approx(2 + 1 + 0.25)
+    assert memory_needed_gib(0, 0, 1, measured_peak_rss_mib=4096) == 4.0
+
+
+def test_roofline_fit_recovers_efficiencies():
+    rng = np.random.default_rng(0)
+    observations = []
+    for flops in (1e7, 1e8, 2e8, 4e8, 8e8):
+        for gflops in (50.0, 100.0):
+            for nbytes in (1e6, 3e7):
+                compute_ms = flops / (gflops * 1e9) * 1e3
+                memory_ms = nbytes / (10 * 1e9) * 1e3
+                observations.append(Observation(flops, nbytes, gflops, 10.0,
+                                                (4 * compute_ms + 1.5 * memory_ms + 0.2) * rng.uniform(0.99, 1.01)))
+    model = RooflineModel.fit(observations)
+    assert model.compute_coef == pytest.approx(4, rel=0.1)
+    assert model.memory_coef == pytest.approx(1.5, rel=0.2)
+    assert model.overhead_ms == pytest.approx(0.2, abs=0.1)
+    assert model.residual_band[0] <= 1 <= model.residual_band[1]
+
+
+def test_relations():
+    zen3 = Hardware(100, 10, 2, "x86-amd", "znver3")
+    assert relation(zen3, Hardware(200, 20, 4, "x86-amd", "znver3")) == "same"
+    assert relation(zen3, Hardware(200, 20, 4, "x86-amd", "znver4")) == "same_vendor"
+    assert relation(zen3, Hardware(200, 20, 4, "x86-intel", "sapphirerapids")) == "same_arch"
+    assert relation(zen3, Hardware(200, 20, 4, "arm", "neoverse-v1")) == "other_arch"
+    assert relation(zen3, Hardware(8000, 300, 1, "gpu", "T4")) == "gpu_from_cpu"
+
+
+def test_matching():
+    catalog = load_catalog()
+    local = Target("cpu", "cpu", ZEN3)
+    names = {i.name for i in catalog.instances if matches(i, local)}
+    assert names == {"c6a.large", "n2d-standard-2", "Standard_D2as_v5"}
+    node = Target("c7i.large/cpu", "cpu", SKYLAKE, instance="c7i.large")
+    assert {i.name for i in catalog.instances if matches(i, node)} == {"c7i.large"}
+
+
+def _trial(target: str, batch: int, center_ms: float, threads: int = 0, phase: str = "confirm",
+           config_extra: dict | None = None) -> Trial:
+    rng = np.random.default_rng(batch + threads)
+    samples = rng.normal(center_ms, center_ms * 0.02, 200)
+    config = {"provider": "CPUExecutionProvider", "intra_op_threads": threads, "precision": "fp32",
+              **(config_extra or {})}
+    return Trial(id=f"ort-{target}-{threads}-b{batch}-{phase}", backend="onnxruntime", target=target, config=config,
+                 batch_size=batch, status="ok", latency=LatencyStats.from_samples(samples), phase=phase,
+                 peak_rss_mib=150.0)
+
+
+@pytest.fixture(scope="module")
+def info(cnn_path):
+    return analyze(ModelSpec(cnn_path))
+
+
+def _inputs(info, trials, targets, slo_ms, percentile="p99", **extra):
+    return RankingInputs(info=info, trials=trials, targets=targets, catalog=load_catalog(),
+                         slo=Slo(slo_ms, percentile), **extra)
+
+
+def _local_trials():
+    trials = [_trial("cpu", b, 1.0 * b ** 0.8) for b in (1, 2, 4, 8)]
+    trials += [_trial("cpu", 1, 1.8, threads=1, phase="search")]
+    return trials
+
+
+def test_every_row_is_labelled_with_an_interval(info):
+    ranking = rank(_inputs(info, _local_trials(), [Target("cpu", "cpu", ZEN3)], 50.0))
+    assert ranking.rows
+    for row in ranking.rows:
+        assert row.source in ("measured", "estimated")
+        assert row.latency_ms_interval[0] <= row.latency_ms <= row.latency_ms_interval[1]
+    measured = {r.instance for r in ranking.rows if r.source == "measured"}
+    assert measured == {"c6a.large", "n2d-standard-2", "Standard_D2as_v5"}
+    assert ranking.recommendation is not None and ranking.recommendation.meets_slo
+    assert ranking.recommendation.recommendable
+    assert ranking.pareto and ranking.pareto[0] in {r.instance for r in ranking.rows}
+
+
+def test_gpu_estimated_from_cpu_is_never_recommended(info):
+    ranking = rank(_inputs(info, _local_trials(), [Target("cpu", "cpu", ZEN3)], 50.0))
+    gpu_rows = [r for r in ranking.rows if r.instance in ("g4dn.xlarge", "p5.48xlarge")]
+    assert gpu_rows and not any(r.recommendable for r in gpu_rows)
+    assert ranking.recommendation.instance not in {r.instance for r in gpu_rows}
+
+
+def test_nothing_meets_the_slo(info):
+    ranking = rank(_inputs(info, _local_trials(), [Target("cpu", "cpu", ZEN3)], 0.01))
+    assert ranking.recommendation is None
+    assert ranking.closest_miss is not None and ranking.closest_miss.latency_ms > 0.01
+    assert not any(r.meets_slo for r in ranking.rows)
+
+
+def test_interval_crossing_the_slo_is_borderline(info):
+    trials = [_trial("cpu", 1, 1.0)]
+    trials[0] = Trial(**{**trials[0].__dict__, "latency": LatencyStats.from_samples([0.9, 1.0, 1.0, 1.1, 3.0])})
+    ranking = rank(_inputs(info, trials, [Target("cpu", "cpu", ZEN3)], 1.05, percentile="p50"))
+    c6a = next(r for r in ranking.rows if r.instance == "c6a.large")
+    assert c6a.slo_verdict == "borderline" and not c6a.meets_slo
+    estimated = [r for r in ranking.rows if r.source == "estimated" and r.slo_verdict == "borderline"]
+    assert all(any("verify on the instance" in n for n in r.notes) for r in estimated)
+
+
+def test_measured_wins_a_near_tie(info):
+    ranking = rank(_inputs(info, _local_trials(), [Target("cpu", "cpu", ZEN3)], 50.0))
+    top = ranking.recommendation
+    cheaper_estimates = [r for r in ranking.rows if r.source == "estimated" and r.recommendable and r.meets_slo
+                         and r.cost_per_million < top.cost_per_million]
+    for row in cheaper_estimates:
+        assert row.cost_per_million < top.cost_per_million / 1.05 or top.source == "estimated"
+
+
+def test_unmatched_local_machine_appears_priced_only_with_local_price(info):
+    odd = Target("cpu", "cpu", SKYLAKE)
+    trials = [_trial("cpu", b, 2.0 * b) for b in (1, 2)]
+    unpriced = rank(_inputs(info, trials, [odd], 50.0))
+    local = next(r for r in unpriced.rows if r.instance.startswith("local ("))
+    assert local.source == "measured" and local.cost_per_million is None
+    priced = rank(_inputs(info, trials, [odd], 50.0, local_price_per_hour=0.01))
+    local = next(r for r in priced.rows if r.instance.startswith("local ("))
+    assert local.cost_per_million == pytest.approx(cost_per_million(0.01, local.throughput_per_s))
+
+
+def test_qps_sizing_and_memory_exclusion(info):
+    trials = _local_trials()
+    trials = [Trial(**{**t.__dict__, "peak_rss_mib": 40 * 1024.0}) for t in trials]  # 40 GiB measured
+    ranking = rank(_inputs(info, trials, [Target("cpu", "cpu", ZEN3)], 50.0, qps=1000))
+    reasons = {e["instance"]: e["reason"] for e in ranking.excluded}
+    assert reasons["c6a.large"] == "needs 40.0 GiB, has 4 GiB of memory"
+    for row in ranking.rows:
+        assert row.memory_needed_gib <= 2048
+        assert row.instances_needed == instances_needed(1000, row.throughput_per_s, 0.7)
+        assert row.monthly_cost == pytest.approx(row.instances_needed * row.price_per_hour * 730)
+
+
+def test_cluster_node_measurements_attach_to_their_instance(info):
+    trials = _local_trials() + [_trial("c7i.large/cpu", b, 0.5 * b) for b in (1, 2)]
+    targets = [Target("cpu", "cpu", ZEN3), Target("c7i.large/cpu", "cpu", SKYLAKE, instance="c7i.large")]
+    ranking = rank(_inputs(info, trials, targets, 50.0))
+    c7i = next(r for r in ranking.rows if r.instance == "c7i.large")
+    assert c7i.source == "measured" and c7i.target == "c7i.large/cpu"
+    assert c7i.latency_ms == pytest.approx(0.5, rel=0.1)
