@@ -42,6 +42,7 @@ class RecommendConfig:
     tolerance: float = DEFAULT_TOLERANCE  # max relative error of reduced-precision candidates
     cache_dir: Path = field(default_factory=default_cache_dir)
     memory_limit_mib: float | None = None  # per isolated worker; None: 80 % of this machine's memory
+    trial_timeout_s: float | None = None  # per isolated worker; None: derived from the backend's budget share
     harness: HarnessSettings = field(default_factory=HarnessSettings)
     make_artifact: bool = True
     cluster: str | None = None  # "ray://HOST:PORT" or "auto": also profile on the cluster's instance nodes
@@ -57,6 +58,10 @@ class RecommendConfig:
             raise UserError("--qps must be positive")
         if not 0 < self.utilisation <= 1:
             raise UserError("--utilisation must be in (0, 1]")
+        if self.trial_timeout_s is not None and self.trial_timeout_s <= 0:
+            raise UserError("--trial-timeout must be positive")
+        if self.memory_limit_mib is not None and self.memory_limit_mib <= 0:
+            raise UserError("--memory-limit must be positive")
         if self.tolerance <= 0:
             raise UserError("--tolerance must be positive")
 

@@ -221,10 +221,17 @@ def _static_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ..
             for dim, size in zip(dims, input_shapes[value.name]):
                 dim.Clear()
                 dim.dim_value = size
+    # ONNX Runtime's symbolic inference follows shapes through Shape/Reshape chains (exported transformers) where
+    # onnx's own stops; both are best effort: nodes left without shapes are reported as not counted
     try:
-        static = onnx.shape_inference.infer_shapes(static, data_prop=True)
-    except Exception:  # shape inference is best effort: nodes without shapes are reported as not counted
-        pass
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        static = SymbolicShapeInference.infer_shapes(static, auto_merge=True)
+    except Exception:
+        try:
+            static = onnx.shape_inference.infer_shapes(static, data_prop=True)
+        except Exception:
+            pass
     shapes: dict[str, tuple[int, ...]] = {}
     itemsizes: dict[str, int] = {}
     values = list(static.graph.value_info) + list(static.graph.input) + list(static.graph.output)

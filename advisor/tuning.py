@@ -58,9 +58,10 @@ class BackendTuning:
     harness: HarnessSettings
     memory_limit_mib: float | None
     progress: Progress
+    timeout_s: float | None = None  # fixed per-worker time-out; None: derived from the budget share
 
     def _limits(self, n_candidates: int, harness: HarnessSettings) -> ExecutionLimits:
-        timeout = WORKER_STARTUP_S + self.ctx.budget_s + n_candidates * (harness.max_time_s + 30)
+        timeout = self.timeout_s or WORKER_STARTUP_S + self.ctx.budget_s + n_candidates * (harness.max_time_s + 30)
         return ExecutionLimits(timeout, self.memory_limit_mib, self.run.workers_log)
 
     @staticmethod
@@ -191,7 +192,8 @@ def tune_targets(run: RunFolder, info: ModelInfo, config: RecommendConfig, targe
         ctx = TuneContext(info=info, target=target, workdir=run.backend_dir(tuner.name, target.id),
                           cache_dir=config.cache_dir, budget_s=share, tolerance=config.tolerance,
                           batch_size=config.slo_batch_size)
-        tunings.append(BackendTuning(tuner, ctx, run, info, config.slo, config.harness, memory_limit, progress))
+        tunings.append(BackendTuning(tuner, ctx, run, info, config.slo, config.harness, memory_limit, progress,
+                                     config.trial_timeout_s))
     trials: list[Trial] = []
     unused = 0.0
     for tuning in tunings:

@@ -6,6 +6,7 @@ Modules are imported lazily so `advisor --help` stays fast and works without TVM
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 
 from advisor.errors import UserError
@@ -28,6 +29,20 @@ TUNERS: dict[str, TunerEntry] = {
                    "ONNX Runtime: execution providers, graph optimisation, threads, dynamic int8"),
     )
 }
+
+
+def _plugins(spec: str) -> dict[str, TunerEntry]:
+    """Backends outside this package: ADVISOR_TUNERS="name=module:Class,..." (read by workers too)."""
+    entries = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, target = item.partition("=")
+        if not name or ":" not in target:
+            raise UserError(f"ADVISOR_TUNERS entry {item!r} is not NAME=module:Class")
+        entries[name] = TunerEntry(name, target, None, 1.0, f"plugin {target}")
+    return entries
+
+
+TUNERS.update(_plugins(os.environ.get("ADVISOR_TUNERS", "")))
 
 
 def tuner_names() -> list[str]:

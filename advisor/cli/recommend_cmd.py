@@ -59,13 +59,17 @@ def _csv(text: str | None) -> tuple[str, ...]:
               help="Tuning databases and caches shared between runs (default: the user cache dir).")
 @click.option("--min-time", "min_time", type=DurationType(), default="1s", show_default=True,
               help="Minimum timed duration per candidate (more gives tighter intervals).")
+@click.option("--trial-timeout", "trial_timeout", type=DurationType(), default=None,
+              help="Time-out per isolated build/measure worker (default: from the backend's budget share).")
+@click.option("--memory-limit", "memory_limit", type=click.FloatRange(min=1), default=None, metavar="MIB",
+              help="Memory limit per worker in MiB (default: 80% of this machine's memory).")
 @click.option("--cluster", default=None, metavar="ray://HOST:PORT|auto",
               help="Also profile on the Ray cluster's instance nodes (see docs/cluster.md).")
 @click.option("--no-artifact", is_flag=True, help="Skip exporting the deployable artifact.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display on stderr.")
 def recommend(model, slo_ms, percentile, input_shapes, budget_s, batch_sizes, batch_size, backends, out_dir, resume,
               json_path, catalogs, providers, region, qps, utilisation, local_price, tolerance, cache_dir,
-              min_time, cluster, no_artifact, quiet):
+              min_time, trial_timeout, memory_limit, cluster, no_artifact, quiet):
     """Tune MODEL on every backend this machine can run, rank cloud instances by cost under the SLO, and write
     the report and a deployable artifact.
 
@@ -98,6 +102,8 @@ def recommend(model, slo_ms, percentile, input_shapes, budget_s, batch_sizes, ba
         harness=HarnessSettings(min_time_s=min_time, max_time_s=max(10.0, min_time * 5)),
         make_artifact=not no_artifact,
         cluster=cluster,
+        trial_timeout_s=trial_timeout,
+        memory_limit_mib=memory_limit,
         **extra,
     )
     progress = Progress() if quiet else RichProgress(percentile)
