@@ -1,177 +1,503 @@
-"""Inline SVG plots built from the report dict. Every text node is escaped; no external resources."""
+"""The report's charts as inline SVG, drawn from plain report data (no matplotlib, no external resources).
+
+Each function returns safe markup: an <svg> built with `reports.svg.Svg` (which escapes every string it is given),
+or a short escaped note when there is nothing to draw.
+"""
 
 from __future__ import annotations
 
 import math
-from html import escape
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-PALETTE = {"measured": "#1f5fa8", "estimated": "#d9822b", "slo": "#c0392b", "pareto": "#2e8b57",
-           "grid": "#e3e6ea", "axis": "#4a5560", "text": "#1d2430"}
-WIDTH, HEIGHT = 760, 420
-MARGIN = {"left": 70, "right": 20, "top": 20, "bottom": 55}
+from markupsafe import Markup
 
+from reports import formatting as fmt
+from reports.svg import (AXIS, BORDERLINE, GRID, INK, MEETS, MISSES, MUTED, PARETO, SERIES, SLO, Frame, LegendItem,
+                         Scale, Svg, auto_scale, axes, esc, legend, tick_label)
 
-def _log_scale(values: list[float], lo_px: float, hi_px: float):
-    low = math.log10(min(values))
-    high = math.log10(max(values))
-    if high - low < 1e-9:
-        low, high = low - 0.5, high + 0.5
-    low, high = math.floor(low * 2) / 2, math.ceil(high * 2) / 2
-
-    def scale(value: float) -> float:
-        return lo_px + (math.log10(max(value, 1e-12)) - low) / (high - low) * (hi_px - lo_px)
-
-    ticks = sorted({10 ** e * m for e in range(math.floor(low), math.ceil(high) + 1) for m in (1, 2, 5)
-                    if low - 1e-9 <= math.log10(10 ** e * m) <= high + 1e-9})
-    return scale, ticks
+VERDICT_COLORS = {"meets": MEETS, "borderline": BORDERLINE, "misses": MISSES}
+CHAR_PX = 0.6  # average glyph width of the UI font, per pixel of font size, for placing labels
+HALO = {"stroke": "#ffffff", "stroke_width": 3, "paint_order": "stroke", "stroke_linejoin": "round"}  # over lines
 
 
-def _fmt(value: float) -> str:
-    return f"{value:g}" if value >= 0.01 else f"{value:.0e}"
+def note(text: str) -> Markup:
+    return Markup(f'<p class="empty">{esc(text)}</p>')
 
 
-def latency_vs_price(ranking: list[dict], slo_ms: float, pareto: list[str], percentile: str) -> str:
-    """Latency at the SLO percentile against price per hour: measured filled, estimated hollow with interval
-    bars, the SLO as a horizontal line and the Pareto frontier as a step line."""
-    rows = [r for r in ranking if r.get("price_per_hour")]
+def _number(value) -> bool:
+    return fmt.is_number(value)
+
+
+# ---- latency against price ------------------------------------------------------------------------------------
+
+
+AROUND = ((10, -10, "start"), (10, 18, "start"), (-10, -10, "end"), (-10, 18, "end"), (10, -28, "start"),
+          (-10, -28, "end"), (10, 36, "start"), (-10, 36, "end"))
+
+
+@dataclass
+class _Labels:
+    """Places text labels next to points so they avoid each other and stay inside the plot."""
+
+    frame: Frame
+    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
+
+    @staticmethod
+    def box(x: float, y: float, text: str, size: float, anchor: str) -> tuple[float, float, float, float]:
+        width = len(text) * size * CHAR_PX
+        left = x if anchor == "start" else x - width if anchor == "end" else x - width / 2
+        return left, y - size, left + width, y + 3
+
+    def reserve(self, x: float, y: float, text: str, size: float, anchor: str) -> None:
+        self.boxes.append(self.box(x, y, text, size, anchor))
+
+    def place(self, svg: Svg, x: float, y: float, text: str, color: str, size: float = 12.5,
+              around=AROUND) -> None:
+        for dx, dy, anchor in around:
+            box = self.box(x + dx, y + dy, text, size, anchor)
+            inside = box[0] >= self.frame.left and box[2] <= self.frame.right and box[1] >= self.frame.top and \
+                box[3] <= self.frame.bottom
+            if inside and not any(_overlap(box, other) for other in self.boxes):
+                break
+        else:
+            dx, dy, anchor = around[0]
+            box = self.box(x + dx, y + dy, text, size, anchor)
+        self.boxes.append(box)
+        svg.text(x + dx, y + dy, text, size=size, anchor=anchor, fill=color, weight="600", stroke="#ffffff",
+                 stroke_width=4, paint_order="stroke", stroke_linejoin="round")
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def latency_vs_price(rows: Sequence[dict], *, slo_ms: float | None, percentile: str, pareto: Sequence[str],
+                     colors: dict[str, str], labels: dict[str, str]) -> Markup:
+    """Every ranked instance at its best configuration: price per hour against latency at the SLO percentile.
+
+    Measured rows are filled, estimated ones hollow with their interval as a bar; colour is the backend; the
+    region above the SLO is shaded; the Pareto frontier is a step line; `labels` names the points to annotate
+    (recommended, runner-up, closest miss)."""
+    rows = [r for r in rows if _number(r.get("price_per_hour")) and r["price_per_hour"] > 0
+            and _number(r.get("latency_ms")) and r["latency_ms"] > 0]
     if not rows:
-        return '<p class="muted">No priced instance to plot.</p>'
-    x0, x1 = MARGIN["left"], WIDTH - MARGIN["right"]
-    y0, y1 = HEIGHT - MARGIN["bottom"], MARGIN["top"]
+        return note("No priced instance to plot.")
+    width, height = 960, 520
+    frame = Frame(84, 64, width - 28, height - 62)
     prices = [r["price_per_hour"] for r in rows]
-    latencies = [v for r in rows for v in (r["latency_ms_interval"][0], r["latency_ms_interval"][1], r["latency_ms"])
-                 if v and v > 0] + [slo_ms]
-    sx, xticks = _log_scale(prices, x0, x1)
-    sy, yticks = _log_scale(latencies, y0, y1)
-    parts = [f'<svg class="plot" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
-             f'aria-label="Latency against price per hour for every instance">']
-    for tick in xticks:
-        x = sx(tick)
-        parts.append(f'<line x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{y1}" stroke="{PALETTE["grid"]}"/>'
-                     f'<text x="{x:.1f}" y="{y0 + 18}" text-anchor="middle" class="tick">${_fmt(tick)}</text>')
-    for tick in yticks:
-        y = sy(tick)
-        parts.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x1}" y2="{y:.1f}" stroke="{PALETTE["grid"]}"/>'
-                     f'<text x="{x0 - 8}" y="{y + 4:.1f}" text-anchor="end" class="tick">{_fmt(tick)}</text>')
-    parts.append(f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="{PALETTE["axis"]}"/>'
-                 f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="{PALETTE["axis"]}"/>')
-    parts.append(f'<text x="{(x0 + x1) / 2}" y="{HEIGHT - 12}" text-anchor="middle" class="label">'
-                 f'price per hour (USD, log scale)</text>')
-    parts.append(f'<text x="16" y="{(y0 + y1) / 2}" text-anchor="middle" class="label" '
-                 f'transform="rotate(-90 16 {(y0 + y1) / 2})">{escape(percentile)} latency (ms, log scale)</text>')
-    slo_y = sy(slo_ms)
-    parts.append(f'<line x1="{x0}" y1="{slo_y:.1f}" x2="{x1}" y2="{slo_y:.1f}" stroke="{PALETTE["slo"]}" '
-                 f'stroke-dasharray="6 4" stroke-width="1.5"/><text x="{x1 - 4}" y="{slo_y - 6:.1f}" '
-                 f'text-anchor="end" class="slo">SLO {slo_ms:g} ms</text>')
-    frontier = sorted((r for r in rows if r["instance"] in pareto), key=lambda r: r["price_per_hour"])
+    latencies = [r["latency_ms"] for r in rows] + [v for r in rows for v in _interval(r) if v > 0]
+    if _number(slo_ms) and slo_ms > 0:
+        latencies.append(slo_ms)
+    latencies.append(max(latencies) * 1.3)  # headroom above the highest point or the SLO line for its label
+    x = auto_scale(prices, frame.left, frame.right, pad=0.06)
+    y = auto_scale(latencies, frame.bottom, frame.top, pad=0.08, zero=False)
+    svg = Svg(width, height, f"{percentile} latency against price per hour for {len(rows)} instances")
+    axes(svg, frame, x, y, x_title=f"price per hour (USD{', log scale' if x.log else ''})",
+         y_title=f"{percentile} latency (ms{', log scale' if y.log else ''})", x_fmt=lambda v: "$" + tick_label(v))
+    placer = _Labels(frame)
+    dots = [(x(r["price_per_hour"]), y(r["latency_ms"])) for r in rows]
+    if _number(slo_ms) and slo_ms > 0:
+        slo_y = y.clamp(slo_ms)
+        svg.add("rect", x=frame.left, y=frame.top, width=frame.width, height=max(slo_y - frame.top, 0),
+                fill=SLO, fill_opacity=0.05)
+        svg.line(frame.left, slo_y, frame.right, slo_y, SLO, 1.6, stroke_dasharray="7 4")
+        slo_label = f"SLO: {percentile} ≤ {fmt.number(slo_ms, 4)} ms"
+        # the end of the line with no point under the label, so the label never hides a point
+        spots = [(frame.right - 6, slo_y - 7, "end"), (frame.left + 8, slo_y - 7, "start"),
+                 (frame.right - 6, slo_y + 17, "end"), (frame.left + 8, slo_y + 17, "start")]
+        lx, ly, anchor = next((spot for spot in spots if not any(
+            _overlap(_Labels.box(*spot[:2], slo_label, 12, spot[2]), (px - 7, py - 7, px + 7, py + 7))
+            for px, py in dots)), spots[0])
+        svg.text(lx, ly, slo_label, size=12, anchor=anchor, fill=SLO, weight="600", stroke="#ffffff",
+                 stroke_width=3, paint_order="stroke")
+        placer.reserve(lx, ly, slo_label, 12, anchor)
+        if slo_y - frame.top > 26:
+            svg.text(frame.left + 8, frame.top + 16, "misses the SLO", size=11, fill=SLO, fill_opacity=0.75)
+            placer.reserve(frame.left + 8, frame.top + 16, "misses the SLO", 11, "start")
+    placer.boxes += [(px - 5, py - 5, px + 5, py + 5) for px, py in dots]
+    frontier = sorted((r for r in rows if r["instance"] in set(pareto)), key=lambda r: r["price_per_hour"])
     if len(frontier) > 1:
-        points = []
-        for index, row in enumerate(frontier):
-            x, y = sx(row["price_per_hour"]), sy(row["latency_ms"])
-            if index:
-                points.append(f"{x:.1f},{points[-1].split(',')[1]}")
-            points.append(f"{x:.1f},{y:.1f}")
-        parts.append(f'<polyline points="{" ".join(points)}" fill="none" stroke="{PALETTE["pareto"]}" '
-                     f'stroke-width="1.5" opacity="0.8"/>')
+        points = [(x(frontier[0]["price_per_hour"]), y(frontier[0]["latency_ms"]))]
+        for row in frontier[1:]:
+            px, py = x(row["price_per_hour"]), y(row["latency_ms"])
+            points += [(px, points[-1][1]), (px, py)]
+        svg.polyline(points, PARETO, 2, stroke_opacity=0.75)
+    # estimated first, so measured points (the firmer figures) are drawn on top
+    for row in sorted(rows, key=lambda r: (r.get("source") == "measured", r["instance"] in labels)):
+        _price_point(svg, row, x, y, colors, percentile)
     for row in rows:
-        x, y = sx(row["price_per_hour"]), sy(row["latency_ms"])
-        lo, hi = sy(max(row["latency_ms_interval"][0], 1e-12)), sy(max(row["latency_ms_interval"][1], 1e-12))
-        color = PALETTE[row["source"]] if row["source"] in PALETTE else PALETTE["axis"]
-        fill = color if row["source"] == "measured" else "white"
-        title = (f'{row["instance"]} ({row["provider"]}): {row["latency_ms"]:.3g} ms '
-                 f'[{row["latency_ms_interval"][0]:.3g}, {row["latency_ms_interval"][1]:.3g}], '
-                 f'${row["price_per_hour"]:g}/h, {row["source"]}, {row["backend"]}')
-        parts.append(f'<g><title>{escape(title)}</title>'
-                     f'<line x1="{x:.1f}" y1="{lo:.1f}" x2="{x:.1f}" y2="{hi:.1f}" stroke="{color}" opacity="0.6"/>'
-                     f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{fill}" stroke="{color}" stroke-width="2"/></g>')
-    legend_y = y1 + 6
-    parts.append(f'<g class="legend" transform="translate({x0 + 12},{legend_y})">'
-                 f'<circle cx="6" cy="6" r="5" fill="{PALETTE["measured"]}"/><text x="16" y="10">measured</text>'
-                 f'<circle cx="96" cy="6" r="5" fill="white" stroke="{PALETTE["estimated"]}" stroke-width="2"/>'
-                 f'<text x="106" y="10">estimated (bar: interval)</text>'
-                 f'<line x1="270" y1="6" x2="290" y2="6" stroke="{PALETTE["pareto"]}" stroke-width="1.5"/>'
-                 f'<text x="296" y="10">Pareto frontier</text></g>')
-    parts.append("</svg>")
-    return "".join(parts)
+        if row["instance"] in labels:
+            px, py = x(row["price_per_hour"]), y(row["latency_ms"])
+            svg.add("circle", cx=px, cy=py, r=10, fill="none", stroke=INK, stroke_width=1.5)
+            placer.place(svg, px, py, labels[row["instance"]], INK)
+    backends = list(dict.fromkeys(r.get("backend", "?") for r in rows))
+    items = [LegendItem(b, "dot", colors.get(b, SERIES[-1])) for b in backends]
+    items += [LegendItem("measured", "dot", MUTED), LegendItem("estimated (bar: 95% interval)", "ring", MUTED),
+              LegendItem("Pareto frontier", "line", PARETO)]
+    if any(r.get("recommendable") is False for r in rows):
+        items.append(LegendItem("faded: not recommendable", "dot", "#cbd5e1"))
+    legend(svg, frame.left, 24, items, max_x=frame.right)
+    return svg.markup()
 
 
-def bars(values: dict[str, float], unit: str, width: int = 520) -> str:
-    """Horizontal bars, largest first (operator mix, time per operator class)."""
-    items = sorted(((k, v) for k, v in values.items() if v and v > 0), key=lambda kv: -kv[1])
+def _interval(row: dict) -> tuple[float, float]:
+    interval = row.get("latency_ms_interval")
+    if isinstance(interval, (list, tuple)) and len(interval) == 2 and all(_number(v) for v in interval):
+        return float(interval[0]), float(interval[1])
+    return float(row["latency_ms"]), float(row["latency_ms"])
+
+
+def _price_point(svg: Svg, row: dict, x: Scale, y: Scale, colors: dict[str, str], percentile: str) -> None:
+    color = colors.get(row.get("backend", "?"), SERIES[-1])
+    px, py = x(row["price_per_hour"]), y(row["latency_ms"])
+    low, high = _interval(row)
+    measured = row.get("source") == "measured"
+    faded = row.get("recommendable") is False
+    tooltip = (f"{row['instance']} ({row.get('provider', '?')} {row.get('region', '')}) · {row.get('backend', '?')} "
+               f"· {row.get('source', '?')}\n{percentile} {fmt.ms(row['latency_ms'])} ms "
+               f"[{fmt.ms(low)}–{fmt.ms(high)}] · {row.get('slo_verdict', '')}\n"
+               f"{fmt.money(row['price_per_hour'])}/h · {fmt.money(row.get('cost_per_million'))} per million")
+    svg.open("g", tooltip=tooltip, opacity=0.4 if faded else None)
+    if high > low:
+        top, bottom = y.clamp(high), y.clamp(low)
+        svg.line(px, top, px, bottom, color, 1.4, stroke_opacity=0.55)
+        svg.line(px - 3, top, px + 3, top, color, 1.4, stroke_opacity=0.55)
+        svg.line(px - 3, bottom, px + 3, bottom, color, 1.4, stroke_opacity=0.55)
+    if measured:
+        svg.add("circle", cx=px, cy=py, r=6, fill=color, stroke="#ffffff", stroke_width=1.5)
+    else:
+        svg.add("circle", cx=px, cy=py, r=5, fill="#ffffff", stroke=color, stroke_width=2)
+    svg.close()
+
+
+# ---- the verdict gauge ----------------------------------------------------------------------------------------
+
+
+def gauge(latency_ms, interval, slo_ms, verdict: str | None) -> Markup:
+    """A one-line gauge: the latency and its interval on an axis from 0, against the SLO."""
+    if not _number(latency_ms) or not _number(slo_ms) or slo_ms <= 0:
+        return Markup("")
+    low, high = interval if isinstance(interval, (list, tuple)) and len(interval) == 2 and all(
+        _number(v) for v in interval) else (latency_ms, latency_ms)
+    width, height = 340, 58
+    top = max(slo_ms, high, latency_ms) * 1.12
+    scale = Scale(0.0, top, 10, width - 10)
+    color = VERDICT_COLORS.get(verdict or "", INK)
+    svg = Svg(width, height, f"latency {fmt.ms(latency_ms)} ms against the SLO of {fmt.ms(slo_ms)} ms",
+              css_class="gauge")
+    svg.add("rect", x=scale(0), y=26, width=scale(slo_ms) - scale(0), height=10, fill=MEETS, fill_opacity=0.14,
+            rx=2)
+    svg.add("rect", x=scale(slo_ms), y=26, width=scale(top) - scale(slo_ms), height=10, fill=MISSES,
+            fill_opacity=0.14, rx=2)
+    svg.add("rect", x=scale(low), y=28, width=max(scale(high) - scale(low), 2), height=6, fill=color,
+            fill_opacity=0.45, rx=3)
+    svg.add("circle", cx=scale(latency_ms), cy=31, r=6.5, fill=color, stroke="#ffffff", stroke_width=2)
+    svg.line(scale(slo_ms), 18, scale(slo_ms), 44, SLO, 2)
+    label = f"SLO {fmt.number(slo_ms, 4)} ms"
+    half = len(label) * 11.5 * CHAR_PX / 2
+    at = min(max(scale(slo_ms), 2 + half), width - 2 - half)  # keep the label inside the gauge
+    svg.text(at, 13, label, size=11.5, anchor="middle", fill=SLO, weight="600")
+    start = scale(low) < width * 0.55
+    svg.text(max(scale(low), 10) if start else scale(high), 56, f"{fmt.ms(low)}–{fmt.ms(high)} ms (95% interval)",
+             size=10.5, anchor="start" if start else "end", fill=MUTED)
+    return svg.markup()
+
+
+# ---- tuning progress --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProgressSeries:
+    label: str
+    color: str
+    points: tuple[tuple[float, float, float | None], ...]  # (trials so far, best ms, elapsed s)
+
+
+@dataclass(frozen=True)
+class ReferenceLine:
+    label: str
+    value_ms: float
+    color: str
+
+
+def tuning_progress(series: Sequence[ProgressSeries], references: Sequence[ReferenceLine]) -> Markup:
+    """The tuner's latency estimate (from the best kernel found so far for each task) against trials used, as a
+    step line per tuning run, with reference lines (the untuned build, the other backends' best, the SLO)."""
+    series = [s for s in series if s.points]
+    if not series:
+        return note("No tuning progress was recorded.")
+    width, height = 960, 360
+    frame = Frame(84, 58, width - 28, height - 58)
+    trials = [p[0] for s in series for p in s.points] + [0]
+    values = [p[1] for s in series for p in s.points] + [r.value_ms for r in references]
+    x = auto_scale(trials, frame.left, frame.right, log=False, zero=True, pad=0.02)
+    y = auto_scale(values, frame.bottom, frame.top, pad=0.1)
+    svg = Svg(width, height, "Tuning progress: latency estimated from the best kernels found, against trials used")
+    axes(svg, frame, x, y, x_title="tuning trials (measured candidates)",
+         y_title=f"latency estimate (ms{', log' if y.log else ''})")
+    placer = _Labels(frame)
+    for ref in references:
+        py = y.clamp(ref.value_ms)
+        text = f"{ref.label}: {fmt.ms(ref.value_ms)} ms"
+        svg.line(frame.left, py, frame.right, py, ref.color, 1.4, stroke_dasharray="6 4")
+        svg.text(frame.right - 4, py - 5, text, size=11.5, anchor="end", fill=ref.color, weight="600",
+                 stroke="#ffffff", stroke_width=3, paint_order="stroke")
+        placer.reserve(frame.right - 4, py - 5, text, 11.5, "end")
+    for s in series:
+        points = sorted(s.points)
+        path: list[tuple[float, float]] = []
+        for trials_used, best, _ in points:
+            px, py = x(trials_used), y(best)
+            if path:
+                path.append((px, path[-1][1]))
+            path.append((px, py))
+        svg.polyline(path, s.color, 2.2)
+        for trials_used, best, seconds in points:
+            when = f" after {fmt.duration(seconds)}" if _number(seconds) else ""
+            svg.open("g", tooltip=f"{s.label}: {fmt.ms(best)} ms after {trials_used:g} trials{when}")
+            svg.add("circle", cx=x(trials_used), cy=y(best), r=3.6, fill=s.color, stroke="#ffffff",
+                    stroke_width=1.2)
+            svg.close()
+        last = points[-1]
+        placer.place(svg, x(last[0]), y(last[1]), f"{fmt.ms(last[1])} ms", s.color, 12,
+                     around=((8, 4, "start"), (0, -10, "middle"), (0, 20, "middle"), (-8, -10, "end"),
+                             (-8, 20, "end")))
+    items = [LegendItem(s.label, "line", s.color) for s in series]
+    legend(svg, frame.left, 24, items, max_x=frame.right)
+    return svg.markup()
+
+
+# ---- latency distributions --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Distribution:
+    label: str
+    detail: str
+    samples_ms: tuple[float, ...]
+    at_percentile_ms: float | None
+    color: str
+
+
+def _quantile(ordered: Sequence[float], q: float) -> float:
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+MAX_DOTS = 300
+
+
+def distributions(items: Sequence[Distribution], *, slo_ms: float | None, percentile: str) -> Markup:
+    """One row per candidate: every kept sample as a jittered dot, the interquartile box with the median,
+    whiskers from the 5th to the 95th percentile, a marker at the SLO percentile and the SLO as a line."""
+    items = [i for i in items if i.samples_ms]
     if not items:
-        return '<p class="muted">Nothing to show.</p>'
-    top = items[0][1]
-    row_h = 22
-    parts = [f'<svg class="bars" viewBox="0 0 {width} {row_h * len(items) + 6}" role="img">']
-    for index, (label, value) in enumerate(items):
-        y = index * row_h + 3
-        length = (width - 260) * value / top
-        parts.append(f'<text x="130" y="{y + 14}" text-anchor="end" class="tick">{escape(label)}</text>'
-                     f'<rect x="138" y="{y}" width="{max(length, 1):.1f}" height="16" rx="2" '
-                     f'fill="{PALETTE["measured"]}"/>'
-                     f'<text x="{144 + length:.1f}" y="{y + 13}" class="tick">{value:.3g} {escape(unit)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+        return note("No latency samples were kept for the candidates.")
+    width, row_h = 960, 58
+    frame = Frame(24, 56, width - 24, 56 + row_h * len(items))
+    height = frame.bottom + 44
+    values = [v for i in items for v in i.samples_ms] + [i.at_percentile_ms for i in items
+                                                         if _number(i.at_percentile_ms)]
+    slo_shown = _number(slo_ms) and slo_ms > 0 and slo_ms <= max(values) * 1.6
+    # a log axis when the tail spans decades (an outlier 1000x the median would flatten everything else)
+    x = auto_scale(values + ([slo_ms] if slo_shown else []), frame.left, frame.right, pad=0.03)
+    svg = Svg(width, height, f"Latency distributions of the {len(items)} fastest candidates")
+    svg.add("rect", x=frame.left, y=frame.top, width=frame.width, height=frame.height, fill="#ffffff")
+    for tick in x.ticks():
+        svg.line(x(tick), frame.top, x(tick), frame.bottom, GRID)
+        svg.text(x(tick), frame.bottom + 17, tick_label(tick), size=11, anchor="middle", fill=MUTED)
+    svg.line(frame.left, frame.bottom, frame.right, frame.bottom, AXIS)
+    svg.text((frame.left + frame.right) / 2, frame.bottom + 38,
+             f"latency per inference (ms{', log scale' if x.log else ''})", size=12.5, anchor="middle")
+    for index, item in enumerate(items):
+        top = frame.top + index * row_h
+        if index:
+            svg.line(frame.left, top, frame.right, top, GRID)
+        ordered = sorted(item.samples_ms)
+        q = {f: _quantile(ordered, f) for f in (0.05, 0.25, 0.5, 0.75, 0.95)}
+        mid = top + 38
+        room = (frame.width - len(item.detail) * 11.5 * CHAR_PX - 28) / (12.5 * CHAR_PX)
+        label = item.label if len(item.label) <= room else item.label[:max(int(room) - 1, 8)] + "…"
+        svg.open("g", tooltip=item.label)
+        svg.text(frame.left + 4, top + 17, label, size=12.5, weight="600", **HALO)
+        svg.close()
+        svg.text(frame.right - 4, top + 17, item.detail, size=11.5, anchor="end", fill=MUTED, **HALO)
+        stride = max(1, math.ceil(len(ordered) / MAX_DOTS))
+        for k, value in enumerate(ordered[::stride]):
+            jitter = ((k * 0.6180339887) % 1 - 0.5) * 16
+            svg.add("circle", cx=x(value), cy=mid + jitter, r=1.9, fill=item.color, fill_opacity=0.35)
+        svg.line(x(q[0.05]), mid, x(q[0.25]), mid, INK, 1.2)
+        svg.line(x(q[0.75]), mid, x(q[0.95]), mid, INK, 1.2)
+        for end in (0.05, 0.95):
+            svg.line(x(q[end]), mid - 5, x(q[end]), mid + 5, INK, 1.2)
+        svg.open("g", tooltip=f"{item.label}: median {fmt.ms(q[0.5])} ms, quartiles {fmt.ms(q[0.25])}–"
+                              f"{fmt.ms(q[0.75])} ms, 5th–95th percentile {fmt.ms(q[0.05])}–{fmt.ms(q[0.95])} ms, "
+                              f"{len(ordered)} samples")
+        svg.add("rect", x=x(q[0.25]), y=mid - 9, width=max(x(q[0.75]) - x(q[0.25]), 1.5), height=18,
+                fill=item.color, fill_opacity=0.18, stroke=item.color, stroke_width=1.4, rx=2)
+        svg.line(x(q[0.5]), mid - 9, x(q[0.5]), mid + 9, item.color, 2.6)
+        svg.close()
+        if _number(item.at_percentile_ms):
+            px = x(item.at_percentile_ms)
+            svg.open("g", tooltip=f"{percentile}: {fmt.ms(item.at_percentile_ms)} ms")
+            svg.add("path", d=f"M{px:.1f},{mid - 9:.1f} l5,-7 h-10 z", fill=INK)
+            svg.close()
+    if slo_shown:
+        px = x(slo_ms)
+        svg.line(px, frame.top - 4, px, frame.bottom, SLO, 1.6, stroke_dasharray="7 4")
+        text = f"SLO {fmt.number(slo_ms, 4)} ms"
+        near_edge = px + len(text) * 11.5 * CHAR_PX / 2 > frame.right
+        svg.text(px if not near_edge else px - 4, frame.top - 8, text, size=11.5,
+                 anchor="end" if near_edge else "middle", fill=SLO, weight="600")
+    elif _number(slo_ms):
+        svg.text(frame.right, frame.top - 8, f"SLO {fmt.number(slo_ms, 4)} ms →", size=11.5, anchor="end", fill=SLO,
+                 weight="600")
+    legend(svg, frame.left, 22, [LegendItem("samples", "dot", "#93c5fd"), LegendItem("quartiles and median", "box",
+                                                                                    SERIES[0]),
+                                 LegendItem("5th–95th percentile", "line", INK),
+                                 LegendItem(percentile, "triangle", INK),
+                                 LegendItem("SLO", "dash", SLO)], max_x=frame.right - 120)
+    return svg.markup()
 
 
-def distributions(trials: list[dict], percentile: str, width: int = 760) -> str:
-    """Box plots (p5-p95 whiskers, quartile box, median) of the kept latency samples of the top candidates."""
-    items = [t for t in trials if (t.get("latency_ms") or {}).get("samples_ms")]
-    if not items:
-        return '<p class="muted">No samples kept.</p>'
-    values = [v for t in items for v in t["latency_ms"]["samples_ms"]]
-    low, high = min(values), max(values)
-    span = (high - low) or 1.0
-    row_h = 30
-    left, right = 260, width - 20
-
-    def sx(v):
-        return left + (v - low) / span * (right - left)
-
-    parts = [f'<svg class="plot" viewBox="0 0 {width} {row_h * len(items) + 30}" role="img">']
-    for index, trial in enumerate(items):
-        samples = sorted(trial["latency_ms"]["samples_ms"])
-        q = lambda f: samples[min(len(samples) - 1, int(f * (len(samples) - 1)))]  # noqa: E731
-        y = index * row_h + 8
-        label = f'{trial["backend"]} {trial["target"]} b{trial["batch_size"]} ({trial["phase"]})'
-        parts.append(f'<text x="{left - 8}" y="{y + 13}" text-anchor="end" class="tick">{escape(label)}</text>'
-                     f'<line x1="{sx(q(0.05)):.1f}" y1="{y + 9}" x2="{sx(q(0.95)):.1f}" y2="{y + 9}" '
-                     f'stroke="{PALETTE["axis"]}"/>'
-                     f'<rect x="{sx(q(0.25)):.1f}" y="{y + 2}" width="{max(sx(q(0.75)) - sx(q(0.25)), 1):.1f}" '
-                     f'height="14" fill="#dce8f5" stroke="{PALETTE["measured"]}"/>'
-                     f'<line x1="{sx(q(0.5)):.1f}" y1="{y + 2}" x2="{sx(q(0.5)):.1f}" y2="{y + 16}" '
-                     f'stroke="{PALETTE["measured"]}" stroke-width="2"/>')
-    axis_y = row_h * len(items) + 12
-    for tick in (low, low + span / 2, high):
-        parts.append(f'<text x="{sx(tick):.1f}" y="{axis_y + 10}" text-anchor="middle" class="tick">'
-                     f'{tick:.3g} ms</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+# ---- model: work and time per operator class, operator mix --------------------------------------------------------
 
 
-def roofline(data: dict | None, width: int = 560, height: int = 320) -> str:
-    """The machine's roofline (peak compute, bandwidth slope) and where the fastest local run sits on it."""
-    if not data or not data.get("peak_gflops") or not data.get("peak_bandwidth_gbs") or not data.get(
-            "achieved_gflops") or not data.get("arithmetic_intensity"):
-        return '<p class="muted">No roofline: peak figures or an achieved figure are missing.</p>'
-    peak, bandwidth = data["peak_gflops"], data["peak_bandwidth_gbs"]
-    intensity, achieved = data["arithmetic_intensity"], data["achieved_gflops"]
-    ridge = peak / bandwidth
-    xs = [min(intensity, ridge) / 10, max(intensity, ridge) * 10]
-    ys = [min(achieved, xs[0] * bandwidth) / 2, peak * 2]
-    x0, x1, y0, y1 = 70, width - 20, height - 45, 15
-    sx, _ = _log_scale(xs, x0, x1)
-    sy, _ = _log_scale(ys, y0, y1)
-    roof = [(xs[0], xs[0] * bandwidth), (ridge, peak), (xs[1], peak)]
-    points = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in roof)
-    return (f'<svg class="plot" viewBox="0 0 {width} {height}" role="img" aria-label="Roofline">'
-            f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="{PALETTE["axis"]}"/>'
-            f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="{PALETTE["axis"]}"/>'
-            f'<polyline points="{points}" fill="none" stroke="{PALETTE["axis"]}" stroke-width="2"/>'
-            f'<circle cx="{sx(intensity):.1f}" cy="{sy(achieved):.1f}" r="6" fill="{PALETTE["measured"]}"/>'
-            f'<text x="{sx(intensity) + 10:.1f}" y="{sy(achieved) + 4:.1f}" class="tick">achieved '
-            f'{achieved:.3g} GFLOP/s ({achieved / peak * 100:.1f}% of peak)</text>'
-            f'<text x="{x1}" y="{sy(peak) - 6:.1f}" text-anchor="end" class="tick">peak {peak:g} GFLOP/s</text>'
-            f'<text x="{(x0 + x1) / 2}" y="{height - 10}" text-anchor="middle" class="label">arithmetic intensity '
-            f'(FLOP/byte, log)</text><text x="14" y="{(y0 + y1) / 2}" class="label" text-anchor="middle" '
-            f'transform="rotate(-90 14 {(y0 + y1) / 2})">GFLOP/s (log)</text></svg>')
+CLASS_METRICS = (("flops", "share of FLOPs", "#1e40af", lambda v: fmt.si(v, "FLOP")),
+                 ("bytes", "share of bytes moved", "#60a5fa", lambda v: fmt.si(v, "B")),
+                 ("ms", "share of measured time", "#f59e0b", lambda v: f"{fmt.ms(v)} ms"))
+
+
+def work_and_time(flops: dict, bytes_moved: dict, time_ms: dict | None) -> Markup:
+    """Per operator class: its share of the FLOPs, of the bytes moved and (when profiled) of the time."""
+    metrics = {"flops": _positive(flops), "bytes": _positive(bytes_moved), "ms": _positive(time_ms or {})}
+    metrics = {k: v for k, v in metrics.items() if v}
+    if not metrics:
+        return note("No per-class figures.")
+    order_by = metrics.get("ms") or metrics.get("flops") or next(iter(metrics.values()))
+    classes = sorted({c for values in metrics.values() for c in values}, key=lambda c: -order_by.get(c, 0))
+    shown = [m for m in CLASS_METRICS if m[0] in metrics]
+    bar_h, gap = 12, 12
+    row_h = bar_h * len(shown) + gap
+    width, label_w, value_w = 560, 118, 150
+    top = 40
+    height = top + row_h * len(classes) + 6
+    svg = Svg(width, height, "Share of FLOPs, bytes moved and time per operator class")
+    legend(svg, 8, 18, [LegendItem(m[1], "square", m[2]) for m in shown], max_x=width)
+    span = width - label_w - value_w
+    totals = {k: sum(v.values()) for k, v in metrics.items()}
+    for index, name in enumerate(classes):
+        y0 = top + index * row_h
+        svg.text(label_w - 8, y0 + row_h / 2 + 1, name.replace("_", " "), size=12, anchor="end")
+        for k, (key, title, color, unit) in enumerate(shown):
+            value = metrics[key].get(name, 0.0)
+            share = value / totals[key] if totals[key] else 0.0
+            y = y0 + k * bar_h
+            svg.open("g", tooltip=f"{name}: {unit(value)}, {fmt.percent(share, 1)} of the total ({title})")
+            svg.add("rect", x=label_w, y=y, width=max(span * share, 1), height=bar_h - 2, fill=color, rx=1.5)
+            svg.close()
+            svg.text(label_w + max(span * share, 1) + 6, y + bar_h - 3, f"{fmt.percent(share)} · {unit(value)}",
+                     size=10.5, fill=MUTED)
+    return svg.markup()
+
+
+def _positive(values) -> dict[str, float]:
+    if not isinstance(values, dict):
+        return {}
+    return {str(k): float(v) for k, v in values.items() if _number(v) and v > 0}
+
+
+def operator_mix(histogram: dict, top: int = 14) -> Markup:
+    """Operator types by node count, largest first; the tail folded into one bar."""
+    counts = sorted(_positive(histogram).items(), key=lambda kv: -kv[1])
+    if not counts:
+        return note("No operator histogram.")
+    folded = ""
+    if len(counts) > top:
+        rest = counts[top - 1:]
+        folded = ", ".join(f"{name} ×{count:g}" for name, count in rest)
+        counts = counts[:top - 1] + [(f"{len(rest)} other types", sum(v for _, v in rest))]
+    width, label_w, row_h = 560, 170, 21
+    height = row_h * len(counts) + 10
+    most = counts[0][1]
+    svg = Svg(width, height, "Operator mix: nodes per operator type")
+    for index, (name, count) in enumerate(counts):
+        y = 4 + index * row_h
+        shown = name if len(name) <= 24 else name[:23] + "…"
+        tail = f" ({folded})" if folded and index == len(counts) - 1 else ""
+        svg.open("g", tooltip=f"{name}: {count:g} nodes{tail}")
+        svg.text(label_w - 8, y + 13, shown, size=11.5, anchor="end")
+        length = (width - label_w - 50) * count / most
+        svg.add("rect", x=label_w, y=y + 2, width=max(length, 1), height=row_h - 7, fill="#64748b", rx=1.5)
+        svg.text(label_w + length + 6, y + 13, f"{count:g}", size=11, fill=MUTED)
+        svg.close()
+    return svg.markup()
+
+
+# ---- roofline -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RooflinePoint:
+    label: str
+    intensity: float  # FLOP per byte
+    gflops: float
+
+
+def roofline(peak_gflops, bandwidth_gbs, achieved: RooflinePoint | None, classes: Sequence[RooflinePoint],
+             machine: str) -> Markup:
+    """The machine's roofline (bandwidth slope, compute ceiling, ridge point) on log-log axes, with where the
+    whole model and each operator class sit on it."""
+    if not (_number(peak_gflops) and _number(bandwidth_gbs) and peak_gflops > 0 and bandwidth_gbs > 0):
+        return note("No roofline: the machine's peak compute or bandwidth is unknown.")
+    points = ([achieved] if achieved else []) + list(classes)
+    points = [p for p in points if _number(p.intensity) and _number(p.gflops) and p.intensity > 0 and p.gflops > 0]
+    ridge = peak_gflops / bandwidth_gbs
+    xs = [ridge] + [p.intensity for p in points]
+    width, height = 560, 380
+    frame = Frame(74, 40, width - 22, height - 58)
+    x = auto_scale([min(xs) / 4, max(xs) * 4], frame.left, frame.right, log=True)
+    ys = [peak_gflops * 1.6] + [p.gflops for p in points] + [x.lo * bandwidth_gbs]
+    y = auto_scale([max(min(ys) / 1.5, peak_gflops / 1e4), max(ys)], frame.bottom, frame.top, log=True)
+    svg = Svg(width, height, f"Roofline of {machine}")
+    axes(svg, frame, x, y, x_title="arithmetic intensity (FLOP per byte, log)",
+         y_title="performance (GFLOP/s, log)")
+    start = max(x.lo, y.lo / bandwidth_gbs)
+    roof = [(start, start * bandwidth_gbs), (ridge, peak_gflops), (x.hi, peak_gflops)]
+    pixel_roof = [(x(a), y(b)) for a, b in roof]
+    svg.add("polygon", points=" ".join(f"{a:.1f},{b:.1f}" for a, b in
+                                       pixel_roof + [(x(x.hi), frame.bottom), (x(start), frame.bottom)]),
+            fill="#e0e7ff", fill_opacity=0.45)
+    svg.polyline(pixel_roof, INK, 2.4)
+    svg.line(x(ridge), y(peak_gflops), x(ridge), frame.bottom, AXIS, 1, stroke_dasharray="3 3")
+    svg.text(x(ridge) + 4, frame.bottom - 6, f"ridge {ridge:.3g} FLOP/B", size=10.5, fill=MUTED)
+    svg.text(frame.right - 4, y(peak_gflops) - 7, f"peak {tick_label(peak_gflops)} GFLOP/s", size=11.5,
+             anchor="end", weight="600")
+    (ax, ay), (bx, by) = pixel_roof[0], pixel_roof[1]
+    angle = math.degrees(math.atan2(by - ay, bx - ax))
+    mx, my = ax + (bx - ax) * 0.45, ay + (by - ay) * 0.45
+    svg.text(mx, my - 8, f"{bandwidth_gbs:.3g} GB/s memory bandwidth", size=11, anchor="middle", weight="600",
+             transform=f"rotate({angle:.1f} {mx:.1f} {my:.1f})")
+    for point in classes:
+        if point in points:
+            px, py = x(point.intensity), y(point.gflops)
+            svg.open("g", tooltip=f"{point.label}: {point.gflops:.3g} GFLOP/s at {point.intensity:.3g} FLOP/B")
+            svg.add("circle", cx=px, cy=py, r=4, fill="#ffffff", stroke=MUTED, stroke_width=1.6)
+            svg.text(px + 7, py + 4, point.label.replace("_", " "), size=10.5, fill=MUTED)
+            svg.close()
+    if achieved and achieved in points:
+        px, py = x(achieved.intensity), y(achieved.gflops)
+        roof_here = min(peak_gflops, achieved.intensity * bandwidth_gbs)
+        svg.line(px, py, px, y(roof_here), SERIES[0], 1.2, stroke_dasharray="2 3")
+        svg.open("g", tooltip=f"{achieved.label}: {achieved.gflops:.3g} GFLOP/s at {achieved.intensity:.3g} FLOP/B "
+                              f"({achieved.gflops / roof_here:.0%} of the roof there)")
+        svg.add("circle", cx=px, cy=py, r=7, fill=SERIES[0], stroke="#ffffff", stroke_width=2)
+        svg.close()
+        anchor = "start" if px < frame.left + frame.width * 0.6 else "end"
+        svg.text(px + (10 if anchor == "start" else -10), py + 18, f"{achieved.label}: {achieved.gflops:.3g} GFLOP/s",
+                 size=12, anchor=anchor, fill=SERIES[0], weight="600", stroke="#ffffff", stroke_width=3.5,
+                 paint_order="stroke")
+    return svg.markup()

@@ -1,0 +1,457 @@
+"""From the serialised report (schema advisor.report/v1) to what the HTML template shows: figures chosen, formatted
+and plotted here, so the template only lays them out.
+
+Every optional field may be null or absent; each builder falls back to an empty section rather than failing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+
+from reports import formatting as fmt
+from reports import plots
+from reports.svg import MUTED, SERIES, SLO, Scale, auto_scale
+
+TOP_CANDIDATES = 5
+PHASE_ORDER = {"search": 0, "confirm": 1, "sweep": 2}
+PROBLEM_STATUSES = ("failed", "rejected", "skipped")
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value) -> list:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, (list, tuple)) else []
+
+
+def _latency(trial: dict, percentile: str):
+    value = _dict(trial.get("latency_ms")).get(percentile)
+    return value if fmt.is_number(value) else None
+
+
+def _config_key(trial: dict) -> str:
+    return json.dumps([trial.get("backend"), trial.get("target"), trial.get("config"), trial.get("batch_size")],
+                      sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every section needs to know about the run."""
+
+    percentile: str
+    slo_ms: float | None
+    batch_size: int
+    colors: dict[str, str]
+    # per backend, the settings other trials are shown against: the stock baseline's config when there is one,
+    # else the settings every trial of the backend shares
+    reference: dict[str, dict]
+    reference_is_stock: dict[str, bool]
+
+    def color(self, backend) -> str:
+        return self.colors.get(str(backend), MUTED)
+
+    def varying(self, trial: dict) -> str:
+        """The trial's config as what differs from its backend's reference settings."""
+        config = _dict(trial.get("config"))
+        if config.get("stock"):
+            return "stock settings"
+        reference = self.reference.get(str(trial.get("backend")), {})
+        differs = {k: v for k, v in config.items() if k != "stock" and (k not in reference or reference[k] != v)}
+        if differs:
+            return fmt.config_text(differs)
+        return "same as stock" if self.reference_is_stock.get(str(trial.get("backend"))) else "base settings"
+
+
+def context(report: dict) -> Context:
+    slo = _dict(report.get("slo"))
+    percentile = str(slo.get("percentile") or "p99")
+    slo_ms = slo.get("latency_ms") if fmt.is_number(slo.get("latency_ms")) else None
+    settings = _dict(report.get("settings"))
+    # latencies are judged at --batch, else at batch 1 (a row's batch_size is the one its cost is computed at)
+    batch = settings.get("batch_size") or 1
+    trials = _list(report.get("trials"))
+    names = [b.get("backend") for b in _list(report.get("backends"))] + [t.get("backend") for t in trials] + \
+            [r.get("backend") for r in _list(report.get("ranking"))]
+    ordered = list(dict.fromkeys(str(n) for n in names if n))
+    colors = {name: SERIES[i % len(SERIES)] for i, name in enumerate(ordered)}
+    reference: dict[str, dict] = {}
+    is_stock: dict[str, bool] = {}
+    for name in ordered:
+        configs = [_dict(t.get("config")) for t in trials if str(t.get("backend")) == name]
+        stock = next((c for c in configs if c.get("stock")), None)
+        if stock is not None:
+            reference[name], is_stock[name] = {k: v for k, v in stock.items() if k != "stock"}, True
+        elif len(configs) > 1:
+            first = configs[0]
+            reference[name] = {k: v for k, v in first.items() if k != "stock" and all(
+                k in c and c[k] == v for c in configs)}
+            is_stock[name] = False
+    return Context(percentile, slo_ms, int(batch) if fmt.is_number(batch) else 1, colors, reference, is_stock)
+
+
+# ---- verdict --------------------------------------------------------------------------------------------------
+
+
+def verdict(report: dict, ctx: Context) -> dict:
+    recommendation = report.get("recommendation") if isinstance(report.get("recommendation"), dict) else None
+    settings = _dict(report.get("settings"))
+    if recommendation and report.get("status", "recommended") != "no_slo_met":
+        row = recommendation
+        runner_up = row.get("runner_up") if isinstance(row.get("runner_up"), dict) else None
+        compare = [("recommended", row)] + ([("runner-up", runner_up)] if runner_up else [])
+        gauge = plots.gauge(row.get("latency_ms"), row.get("latency_ms_interval"), ctx.slo_ms,
+                            row.get("slo_verdict", "meets"))
+        return {"ok": True, "row": row, "gauge": gauge, "margin": _margin(row, ctx), "compare": compare,
+                "config": fmt.config_items(row.get("config"), {"stock"}), "qps": settings.get("qps")}
+    closest = report.get("closest_miss") if isinstance(report.get("closest_miss"), dict) else None
+    info = {"ok": False, "row": closest, "qps": settings.get("qps"), "compare": [], "config": []}
+    if closest and fmt.is_number(closest.get("latency_ms")):
+        info["gauge"] = plots.gauge(closest["latency_ms"], closest.get("latency_ms_interval"), ctx.slo_ms,
+                                    closest.get("slo_verdict", "misses"))
+        info["config"] = fmt.config_items(closest.get("config"), {"stock"})
+        if ctx.slo_ms:
+            info["ratio"] = closest["latency_ms"] / ctx.slo_ms
+            info["over_ms"] = closest["latency_ms"] - ctx.slo_ms
+            interval = closest.get("latency_ms_interval")
+            info["needed_ms"] = interval[1] if isinstance(interval, (list, tuple)) and len(interval) == 2 and \
+                fmt.is_number(interval[1]) else closest["latency_ms"]
+    return info
+
+
+def _margin(row: dict, ctx: Context) -> str | None:
+    latency = row.get("latency_ms")
+    if not (fmt.is_number(latency) and ctx.slo_ms):
+        return None
+    margin, used = ctx.slo_ms - latency, latency / ctx.slo_ms
+    share = f"{used:.0%}" if used >= 0.01 else "<1%"
+    return f"{fmt.ms(abs(margin))} ms {'under' if margin >= 0 else 'over'} the SLO (uses {share} of it)"
+
+
+# ---- ranking ------------------------------------------------------------------------------------------------------
+
+
+def ranking(report: dict, ctx: Context) -> dict:
+    rows = [r for r in _list(report.get("ranking")) if r.get("instance") is not None]
+    pareto = {str(p) for p in report.get("pareto") or [] if p is not None}
+    recommended = _dict(report.get("recommendation")).get("instance")
+    runner_up = _dict(_dict(report.get("recommendation")).get("runner_up")).get("instance")
+    closest = _dict(report.get("closest_miss")).get("instance")
+    labels = {}
+    if recommended:
+        labels[str(recommended)] = f"★ {recommended}"
+    if runner_up and runner_up != recommended:
+        labels[str(runner_up)] = f"runner-up: {runner_up}"
+    if closest and not recommended:
+        labels[str(closest)] = f"closest: {closest}"
+    figures = [v for r in rows for v in (r.get("latency_ms"), *(r.get("latency_ms_interval") or [])) if
+               fmt.is_number(v) and v > 0] + ([ctx.slo_ms] if ctx.slo_ms else [])
+    scale = auto_scale(figures, 2, 98, pad=0.02) if figures else Scale(0, 1, 2, 98)
+    view = []
+    for position, row in enumerate(rows, start=1):
+        latency = row.get("latency_ms")
+        interval = row.get("latency_ms_interval")
+        low, high = interval if isinstance(interval, (list, tuple)) and len(interval) == 2 and all(
+            fmt.is_number(v) for v in interval) else (latency, latency)
+        bar = None
+        if fmt.is_number(latency) and latency > 0:
+            bar = {"low": scale.clamp(low), "high": scale.clamp(high), "point": scale.clamp(latency),
+                   "slo": scale.clamp(ctx.slo_ms) if ctx.slo_ms else None}
+            bar["width"] = max(bar["high"] - bar["low"], 0.8)
+        view.append({**row, "position": position, "recommended": row.get("instance") == recommended,
+                     "pareto": str(row.get("instance")) in pareto, "color": ctx.color(row.get("backend")),
+                     "low": low, "high": high, "bar": bar,
+                     "verdict": row.get("slo_verdict") or ("meets" if row.get("meets_slo") else "misses")})
+    plot = plots.latency_vs_price(rows, slo_ms=ctx.slo_ms, percentile=ctx.percentile, pareto=sorted(pareto),
+                                  colors=ctx.colors, labels=labels)
+    counts = Counter(r["verdict"] for r in view)
+    sources = Counter(str(r.get("source")) for r in view)
+    excluded: dict[str, list[str]] = {}
+    for entry in _list(report.get("excluded")):
+        excluded.setdefault(str(entry.get("reason") or "no reason given"), []).append(str(entry.get("instance")))
+    return {"rows": view, "plot": plot, "counts": counts, "sources": sources,
+            "excluded": sorted(excluded.items(), key=lambda kv: -len(kv[1])),
+            "excluded_count": sum(len(v) for v in excluded.values()), "log_scale": scale.log,
+            "has_qps": fmt.is_number(_dict(report.get("settings")).get("qps"))}
+
+
+# ---- tuning -------------------------------------------------------------------------------------------------------
+
+
+def tuning(report: dict, ctx: Context) -> list[dict]:
+    trials = _list(report.get("trials"))
+    statuses = _list(report.get("backends"))
+    sections = []
+    for name, color in ctx.colors.items():
+        mine = [t for t in trials if str(t.get("backend")) == name]
+        status = [s for s in statuses if str(s.get("backend")) == name]
+        if not mine and not status:
+            continue
+        ok = [t for t in mine if t.get("status") == "ok" and _latency(t, ctx.percentile) is not None]
+        decisive = [t for t in ok if t.get("phase") == "confirm" and t.get("batch_size") == ctx.batch_size] or \
+            [t for t in ok if t.get("batch_size") == ctx.batch_size] or ok
+        best = min(decisive, key=lambda t: _latency(t, ctx.percentile), default=None)
+        stock = next((t for t in decisive if _dict(t.get("config")).get("stock")), None)
+        speedup = None
+        if best and stock and best is not stock:
+            speedup = _latency(stock, ctx.percentile) / _latency(best, ctx.percentile)
+        slowest = max((_latency(t, ctx.percentile) for t in ok), default=None)
+        rows = []
+        for trial in sorted(mine, key=lambda t: PHASE_ORDER.get(t.get("phase"), 3)):
+            value = _latency(trial, ctx.percentile)
+            intervals = _dict(_dict(trial.get("latency_ms")).get("intervals"))
+            rows.append({**trial, "varying": ctx.varying(trial), "value": value,
+                         "interval": intervals.get(ctx.percentile), "best": trial is best,
+                         "p50": _dict(trial.get("latency_ms")).get("p50"),
+                         "n": _dict(trial.get("latency_ms")).get("n"),
+                         "bar": value / slowest * 100 if value and slowest else None,
+                         "details": _details_text(trial.get("details"))})
+        sections.append({
+            "name": name, "color": color, "rows": rows, "best": best, "stock": stock, "speedup": speedup,
+            "best_varying": ctx.varying(best) if best else None,
+            "counts": Counter(str(t.get("status")) for t in mine),
+            "reference": fmt.config_text(ctx.reference[name]) if ctx.reference.get(name) else None,
+            "reference_is_stock": ctx.reference_is_stock.get(name, False),
+            "status": status, "progress": _progress(name, mine, trials, ctx),
+        })
+    return sections
+
+
+def _details_text(details) -> str:
+    hidden = {"progress", "op_class_ms"}
+    return fmt.config_text(_dict(details), hidden) if _dict(details) else ""
+
+
+def _progress(name: str, mine: list[dict], trials: list[dict], ctx: Context) -> dict | None:
+    """Tuning progress of every trial that recorded one, with reference lines to put it in context."""
+    series, facts = [], []
+    palette = [ctx.color(name), "#a855f7", "#0ea5e9", "#f97316"]
+    for trial in mine:
+        details = _dict(trial.get("details"))
+        raw = details.get("progress")
+        if not isinstance(raw, (list, tuple)):
+            continue
+        points = tuple((float(p[1]), float(p[2]), float(p[0]) if fmt.is_number(p[0]) else None) for p in raw
+                       if isinstance(p, (list, tuple)) and len(p) >= 3 and fmt.is_number(p[1])
+                       and fmt.is_number(p[2]) and p[2] > 0)
+        if not points:
+            continue
+        label = ctx.varying(trial)
+        series.append(plots.ProgressSeries(label if len(label) < 60 else label[:57] + "…",
+                                           palette[len(series) % len(palette)], points))
+        facts.append({"trial": trial, "label": label, "trials_used": details.get("trials_used"),
+                      "tasks": details.get("tasks"), "tasks_tuned": details.get("tasks_tuned"),
+                      "tuning_time_s": details.get("tuning_time_s"), "final_ms": points[-1][1]})
+    if not series:
+        return None
+    references = []
+    untuned = [t for t in mine if t.get("status") == "ok" and _dict(t.get("details")).get("tuned") is False
+               and _latency(t, "p50")]
+    if untuned:
+        references.append(plots.ReferenceLine("untuned (p50)", min(_latency(t, "p50") for t in untuned), MUTED))
+    for other in ctx.colors:
+        if other == name:
+            continue
+        values = [_latency(t, "p50") for t in trials if str(t.get("backend")) == other and t.get("status") == "ok"
+                  and t.get("batch_size") == ctx.batch_size and _latency(t, "p50")]
+        if values:
+            references.append(plots.ReferenceLine(f"best {other} (p50)", min(values), ctx.color(other)))
+    if ctx.slo_ms:
+        references.append(plots.ReferenceLine(f"SLO ({ctx.percentile})", ctx.slo_ms, SLO))
+    return {"plot": plots.tuning_progress(series, references), "facts": facts}
+
+
+# ---- distributions ------------------------------------------------------------------------------------------------
+
+
+def distributions(report: dict, ctx: Context) -> dict:
+    """The fastest candidates at the SLO batch size (side-by-side confirmation figures preferred), each other
+    backend's best and the stock baseline, each with its kept samples."""
+    usable = [t for t in _list(report.get("trials")) if t.get("status") == "ok" and
+              _dict(t.get("latency_ms")).get("samples_ms") and t.get("batch_size") == ctx.batch_size]
+    chosen: dict[str, dict] = {}
+    for trial in sorted(usable, key=lambda t: t.get("phase") != "confirm"):
+        chosen.setdefault(_config_key(trial), trial)
+    ranked = sorted(chosen.values(), key=lambda t: _latency(t, ctx.percentile) or float("inf"))
+    top = ranked[:TOP_CANDIDATES]
+    # every backend's best too (a slower backend is still worth seeing next to the winner), and the stock baseline
+    extra = [next(t for t in ranked if t.get("backend") == b) for b in dict.fromkeys(t.get("backend") for t in ranked)]
+    extra.append(next((t for t in ranked if _dict(t.get("config")).get("stock")), None))
+    for trial in extra:
+        if trial is not None and not any(trial is t for t in top):
+            top.append(trial)
+    items = []
+    for trial in top:
+        stats = _dict(trial.get("latency_ms"))
+        samples = tuple(float(v) for v in stats.get("samples_ms") or [] if fmt.is_number(v))
+        detail = (f"{ctx.percentile} {fmt.ms(stats.get(ctx.percentile))} ms · median {fmt.ms(stats.get('p50'))} ms · "
+                  f"{fmt.number(stats.get('n') or len(samples))} runs · {trial.get('phase', '?')}")
+        items.append(plots.Distribution(f"{trial.get('backend')} · {ctx.varying(trial)}", detail, samples,
+                                        _latency(trial, ctx.percentile), ctx.color(trial.get("backend"))))
+    phases = {t.get("phase") for t in top}
+    return {"plot": plots.distributions(items, slo_ms=ctx.slo_ms, percentile=ctx.percentile),
+            "count": len(items), "side_by_side": phases == {"confirm"}}
+
+
+# ---- model and roofline -----------------------------------------------------------------------------------------
+
+
+def model(report: dict, ctx: Context) -> dict:
+    info = _dict(report.get("model"))
+    flops, moved = info.get("flops"), info.get("bytes_moved")
+    intensity = flops / moved if fmt.is_number(flops) and fmt.is_number(moved) and moved else None
+    stats = [("FLOPs per inference", fmt.si(flops, "FLOP")), ("parameters", fmt.si(info.get("params"))),
+             ("weights", fmt.si(info.get("weight_bytes"), "B")), ("bytes moved", fmt.si(moved, "B")),
+             ("arithmetic intensity", f"{intensity:.3g} FLOP/B" if intensity else fmt.DASH),
+             ("opset", fmt.number(info.get("opset")))]
+    time_ms = info.get("op_class_ms") if isinstance(info.get("op_class_ms"), dict) else None
+    signature = [("input", t) for t in _list(info.get("inputs"))] + [("output", t) for t in _list(info.get("outputs"))]
+    return {"info": info, "stats": stats, "signature": [(kind, t, _shape(t.get("shape"))) for kind, t in signature],
+            "work_plot": plots.work_and_time(_dict(info.get("flops_by_class")), _dict(info.get("bytes_by_class")),
+                                             time_ms),
+            "mix_plot": plots.operator_mix(_dict(info.get("op_histogram"))),
+            "takeaway": _takeaway(info, time_ms), "profiled": bool(time_ms),
+            "uncounted": sorted(_dict(info.get("uncounted_ops")).items(), key=lambda kv: str(kv[0]))}
+
+
+def _shape(shape) -> str:
+    if not isinstance(shape, (list, tuple)):
+        return fmt.DASH if shape is None else str(shape)
+    return " × ".join(str(d) for d in shape) if shape else "scalar"
+
+
+def _takeaway(info: dict, time_ms: dict | None) -> str | None:
+    """One sentence on where the time goes: the class taking the most time and its share of the work."""
+    times = {k: v for k, v in (time_ms or {}).items() if fmt.is_number(v) and v > 0}
+    if not times:
+        return None
+    name, spent = max(times.items(), key=lambda kv: kv[1])
+    share = spent / sum(times.values())
+    flops = {k: v for k, v in _dict(info.get("flops_by_class")).items() if fmt.is_number(v)}
+    total = sum(flops.values())
+    work = f" for {fmt.percent(flops.get(name, 0) / total)} of the FLOPs" if total else ""
+    return f"{name.replace('_', ' ')} operators take {fmt.percent(share)} of the profiled time{work}."
+
+
+def roofline(report: dict, ctx: Context) -> dict | None:
+    data = report.get("roofline")
+    if not isinstance(data, dict):
+        return None
+    info = _dict(report.get("model"))
+    peak, bandwidth = data.get("peak_gflops"), data.get("peak_bandwidth_gbs")
+    achieved_gflops, achieved_gbs = data.get("achieved_gflops"), data.get("achieved_bandwidth_gbs")
+    intensity = data.get("arithmetic_intensity")
+    if not fmt.is_number(intensity) and fmt.is_number(achieved_gflops) and fmt.is_number(achieved_gbs) and \
+            achieved_gbs > 0:
+        intensity = achieved_gflops / achieved_gbs
+    achieved = plots.RooflinePoint("whole model", intensity, achieved_gflops) if fmt.is_number(intensity) and \
+        fmt.is_number(achieved_gflops) else None
+    classes = []
+    flops, moved = _dict(info.get("flops_by_class")), _dict(info.get("bytes_by_class"))
+    for name, spent in _dict(info.get("op_class_ms")).items():
+        f, b = flops.get(name), moved.get(name)
+        if all(fmt.is_number(v) and v > 0 for v in (spent, f, b)):
+            classes.append(plots.RooflinePoint(str(name), f / b, f / (spent / 1000) / 1e9))
+    machine = str(data.get("machine") or "this machine")
+    ridge = peak / bandwidth if fmt.is_number(peak) and fmt.is_number(bandwidth) and bandwidth else None
+    facts = [("machine", machine), ("peak compute", f"{fmt.number(peak)} GFLOP/s" if fmt.is_number(peak) else fmt.DASH),
+             ("peak bandwidth", f"{fmt.number(bandwidth)} GB/s" if fmt.is_number(bandwidth) else fmt.DASH),
+             ("achieved compute", _of(achieved_gflops, peak, "GFLOP/s")),
+             ("achieved bandwidth", _of(achieved_gbs, bandwidth, "GB/s")),
+             ("arithmetic intensity", f"{intensity:.3g} FLOP/B" if fmt.is_number(intensity) else fmt.DASH)]
+    bound = None
+    if ridge and fmt.is_number(intensity):
+        bound = "memory-bound" if intensity < ridge else "compute-bound"
+        facts.append(("ridge point", f"{ridge:.3g} FLOP/B: the model is {bound} here"))
+    above = fmt.is_number(achieved_gbs) and fmt.is_number(bandwidth) and achieved_gbs > bandwidth
+    return {"plot": plots.roofline(peak, bandwidth, achieved, classes, machine), "facts": facts,
+            "trial_id": data.get("trial_id"), "above_bandwidth": above, "classes": bool(classes)}
+
+
+def _of(value, peak, unit: str) -> str:
+    if not fmt.is_number(value):
+        return fmt.DASH
+    share = f" ({fmt.percent(value / peak)} of peak)" if fmt.is_number(peak) and peak else ""
+    return f"{value:.3g} {unit}{share}"
+
+
+# ---- failures and environment ---------------------------------------------------------------------------------
+
+
+def problems(report: dict, ctx: Context) -> dict:
+    unavailable = [b for b in _list(report.get("backends")) if not b.get("available", True)]
+    trials = [{**t, "varying": ctx.varying(t)} for t in _list(report.get("trials"))
+              if t.get("status") in PROBLEM_STATUSES]
+    return {"unavailable": unavailable, "trials": trials}
+
+
+def environment(report: dict) -> dict:
+    env = _dict(report.get("environment"))
+    cpu_info = _dict(env.get("cpu_info"))
+    gpus = [g for g in env.get("gpus") or [] if g]
+    gpu_text = ", ".join(_gpu(g) for g in gpus) if gpus else "none"
+    took = fmt.elapsed(env.get("started_at"), env.get("finished_at"))
+    rows = [("run", f"{fmt.when(env.get('started_at'))} → {fmt.when(env.get('finished_at'))}"
+                    + (f" ({fmt.duration(took)})" if took is not None else "")),
+            ("advisor", (f"{env.get('advisor') or report.get('advisor_version') or fmt.DASH} · report schema "
+                         f"{report.get('schema', fmt.DASH)}")),
+            ("Python", " · ".join(str(v) for v in (env.get("python"), env.get("platform")) if v) or fmt.DASH),
+            ("CPU", str(env.get("cpu") or fmt.DASH)),
+            ("memory", f"{fmt.number(cpu_info.get('memory_gib'))} GiB" if cpu_info.get("memory_gib") else fmt.DASH),
+            ("GPUs", gpu_text), ("host", str(env.get("hostname_hash") or fmt.DASH))]
+    model_info = _dict(report.get("model"))
+    rows += [("model file", str(model_info.get("path") or fmt.DASH)),
+             ("model sha256", str(model_info.get("sha256") or fmt.DASH))]
+    packages = sorted(_dict(env.get("packages")).items())
+    settings = [(str(k), _setting(v)) for k, v in _dict(report.get("settings")).items()
+                if v is not None and v != [] and v != {}]
+    costmodel = _dict(report.get("costmodel"))
+    cost_rows = []
+    for target, figures in _dict(costmodel.get("targets")).items():
+        figures = _dict(figures)
+        fit = _dict(figures.get("fit"))
+        cost_rows.append((f"target {target}", f"{figures.get('figures', fmt.DASH)}; "
+                                              f"{fit.get('method', 'no fit')}"
+                                              + (f", {fit.get('observations')} observations" if fit else "")))
+    factors = _dict(costmodel.get("cross_hardware_factors"))
+    if factors:
+        cost_rows.append(("interval widening", ", ".join(f"{k.replace('_', ' ')} ×{v}" for k, v in factors.items())))
+    targets = [(str(t.get("id")), str(t.get("label") or t.get("kind") or fmt.DASH))
+               for t in _list(report.get("targets"))]
+    return {"rows": rows, "packages": packages, "settings": settings, "costmodel": cost_rows, "targets": targets}
+
+
+def _gpu(gpu) -> str:
+    if not isinstance(gpu, dict):
+        return str(gpu)
+    parts = [str(gpu.get("name") or gpu.get("model") or "GPU")]
+    if gpu.get("memory_gib"):
+        parts.append(f"{fmt.number(gpu['memory_gib'])} GiB")
+    if gpu.get("driver_version"):
+        parts.append(f"driver {gpu['driver_version']}")
+    return ", ".join(parts)
+
+
+def _setting(value) -> str:
+    if value is None or value == [] or value == {}:
+        return fmt.DASH
+    if isinstance(value, dict):
+        return fmt.config_text(value)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, float):
+        return fmt.number(value, 4)
+    return str(value)
+
+
+def build(report: dict) -> dict:
+    """The template's whole context."""
+    ctx = context(report)
+    path = str(_dict(report.get("model")).get("path") or "model")
+    title = path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or path
+    return {"r": report, "ctx": ctx, "title": title, "verdict": verdict(report, ctx), "ranking": ranking(report, ctx),
+            "tuning": tuning(report, ctx), "distributions": distributions(report, ctx), "model": model(report, ctx),
+            "roofline": roofline(report, ctx), "problems": problems(report, ctx), "environment": environment(report),
+            "fmt": fmt}
