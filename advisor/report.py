@@ -62,7 +62,10 @@ def build_report(*, info: ModelInfo, config: RecommendConfig, targets: tuple[Tar
     if ranking.recommendation is not None:
         row = ranking.recommendation.to_dict()
         rows = ranking_dict.get("rows", [])
-        runner_up = next((r for r in rows if r.get("meets_slo") and r["instance"] != row["instance"]), None)
+        # the runner-up is the next instance that meets the SLO at the same or a higher cost (a cheaper estimated
+        # row can sit above a measured winner that won a near-tie)
+        runner_up = next((r for r in rows if r.get("meets_slo") and r["instance"] != row["instance"]
+                          and (r.get("cost_per_million") or 0) >= (row.get("cost_per_million") or 0)), None)
         recommendation = {**row, "artifact": str(artifact_path) if artifact_path else None,
                           "artifact_error": artifact_error, "runner_up": runner_up,
                           "why": _why(row, runner_up)}
