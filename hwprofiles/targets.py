@@ -168,26 +168,50 @@ def catalog_gpu_type(name: str) -> str | None:
     return None
 
 
+def _query_gpus(smi: str) -> list[list[str]]:
+    """nvidia-smi's rows: index, name, memory MiB, compute capability, driver.
+
+    Drivers before R510 reject the compute_cap field; ask again without it, so the GPU is still listed (and the
+    backends can say the driver is too old) instead of vanishing.
+    """
+    def query(fields: str, check: bool) -> subprocess.CompletedProcess:
+        return subprocess.run([smi, f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=20, check=check)
+
+    result = query("index,name,memory.total,compute_cap,driver_version", check=False)
+    if result.returncode == 0:
+        return [[p.strip() for p in line.split(",")] for line in result.stdout.strip().splitlines()]
+    rows = [[p.strip() for p in line.split(",")]
+            for line in query("index,name,memory.total,driver_version", check=True).stdout.strip().splitlines()]
+    return [[*row[:3], "unknown", *row[3:]] for row in rows]
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:  # "[N/A]", "[Not Supported]": MIG slices, vGPUs, integrated GPUs
+        return None
+
+
 def detect_gpus() -> tuple[GpuInfo, ...]:
     """NVIDIA GPUs as nvidia-smi reports them; none when there is no driver."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return ()
-    query = "index,name,memory.total,compute_cap,driver_version"
     try:
-        result = subprocess.run([smi, f"--query-gpu={query}", "--format=csv,noheader,nounits"],
-                                capture_output=True, text=True, timeout=20, check=True)
+        rows = _query_gpus(smi)
         header = subprocess.run([smi], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
         return ()
     cuda = re.search(r"CUDA Version:\s*([0-9.]+)", header)
     gpus = []
-    for line in result.stdout.strip().splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) < 5:
+    for parts in rows:
+        if len(parts) < 5 or not parts[0].isdigit():
             continue
         index, name, memory_mib, capability, driver = parts[:5]
-        gpus.append(GpuInfo(int(index), name, round(float(memory_mib) / 1024, 1), capability, driver,
+        memory = _number(memory_mib)
+        gpus.append(GpuInfo(int(index), name, round(memory / 1024, 1) if memory is not None else 0.0,
+                            capability if re.fullmatch(r"\d+\.\d+", capability) else "unknown", driver,
                             cuda.group(1) if cuda else "unknown", catalog_gpu_type(name)))
     return tuple(gpus)
 

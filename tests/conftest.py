@@ -1,8 +1,7 @@
-"""Shared fixtures: small real ONNX models written once per session, and hardware gates."""
+"""Shared fixtures: small real ONNX models written once per session (hardware gates are in tests/gpu.py)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -32,10 +31,3 @@ def mlp_path(model_dir) -> Path:
 @pytest.fixture(scope="session")
 def encoder_path(model_dir) -> Path:
     return model_dir / "encoder.onnx"
-
-
-def has_nvidia_gpu() -> bool:
-    return shutil.which("nvidia-smi") is not None
-
-
-requires_gpu = pytest.mark.skipif(not has_nvidia_gpu(), reason="no NVIDIA GPU on this machine")

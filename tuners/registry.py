@@ -27,6 +27,7 @@ TUNERS: dict[str, TunerEntry] = {
     for entry in (
         TunerEntry("onnxruntime", "tuners.onnxruntime:OnnxRuntimeTuner", None, 1.0,
                    "ONNX Runtime: execution providers, graph optimisation, threads, dynamic int8"),
+        TunerEntry("tensorrt", "tuners.tensorrt:TensorRtTuner", "tensorrt", 1.0, "NVIDIA TensorRT engines"),
     )
 }
 
