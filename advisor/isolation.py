@@ -37,8 +37,10 @@ class IsolatedResult:
 
 def child_main() -> None:
     """Child-process entry: read the pickled call from stdin, run it, write the pickled outcome to the fd in argv."""
-    result_fd = int(sys.argv[1])
-    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    result_fd, parent_pid = int(sys.argv[1]), int(sys.argv[2])
+    # the parent's pid comes from the parent: if it died while this process was still starting, getppid() here
+    # would already name its adopter and the orphan would never be noticed
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
     func, args = pickle.load(sys.stdin.buffer)
     try:
         outcome = ("ok", func(*args), None)
@@ -118,7 +120,8 @@ def run_isolated(func: Callable, args: tuple = (), *, timeout_s: float, memory_l
     start = time.monotonic()
     try:
         child = subprocess.Popen(
-            [sys.executable, "-c", "from advisor.isolation import child_main; child_main()", str(write_fd)],
+            [sys.executable, "-c", "from advisor.isolation import child_main; child_main()", str(write_fd),
+             str(os.getpid())],
             stdin=subprocess.PIPE, stdout=log, stderr=log, pass_fds=(write_fd,), start_new_session=True,
             env=_child_env(),
         )

@@ -76,4 +76,4 @@ def test_orphaned_child_stops_itself(tmp_path):
     worker = children[0]
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
-    worker.wait(timeout=10)  # raises psutil.TimeoutExpired if the worker outlives its parent
+    worker.wait(timeout=30)  # raises psutil.TimeoutExpired if the worker outlives its parent
