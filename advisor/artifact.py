@@ -9,7 +9,8 @@ from pathlib import Path
 
 from advisor.environment import now_iso
 from advisor.isolation import run_isolated
-from advisor.model import ModelInfo, file_sha256
+from advisor.checksums import file_sha256
+from advisor.model import ModelInfo
 from advisor.runfolder import write_json_atomic
 from advisor.slo import Slo
 from advisor.trials import Trial

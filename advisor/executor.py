@@ -36,14 +36,19 @@ def reference_data_path(data_dir: Path, batch_size: int) -> Path:
     return data_dir / f"reference-b{batch_size}.npz"
 
 
-def _compute_reference(info: ModelInfo, batch_size: int, path: Path) -> None:
+def reference_outputs(model_path: Path, feeds) -> list:
+    """The fp32 reference every candidate is checked against: ONNX Runtime on the CPU, graph optimisations off."""
     import onnxruntime as ort
 
-    feeds = make_feeds(info, batch_size)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(info.path), options, providers=["CPUExecutionProvider"])
-    outputs = session.run(None, feeds)
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, dict(feeds))
+
+
+def _compute_reference(info: ModelInfo, batch_size: int, path: Path) -> None:
+    feeds = make_feeds(info, batch_size)
+    outputs = reference_outputs(info.path, feeds)
     arrays = {f"in:{name}": value for name, value in feeds.items()}
     arrays.update({f"out:{i}": np.asarray(value) for i, value in enumerate(outputs)})
     path.parent.mkdir(parents=True, exist_ok=True)

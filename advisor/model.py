@@ -7,7 +7,6 @@ model's folder, absurd input sizes) with a UserError, before anything is allocat
 from __future__ import annotations
 
 import collections
-import hashlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from advisor.checksums import file_sha256
 from advisor.errors import UserError
 from advisor.opcost import NodeCost, node_cost
 
@@ -79,14 +79,6 @@ class ModelInfo:
             "batch_axis": self.batch_axis, "op_histogram": self.op_histogram, "flops_by_class": self.flops_by_class,
             "bytes_by_class": self.bytes_by_class, "uncounted_ops": self.uncounted_ops,
         }
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _np_dtype(elem_type: int) -> str:

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import tarfile
@@ -19,19 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from advisor.checksums import file_sha256
+
 MANIFEST = "manifest.json"
 
 
 class ArtifactError(Exception):
     """The artifact is missing, malformed or modified."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_artifact(folder: Path) -> dict:
@@ -53,7 +46,7 @@ def check_artifact(folder: Path) -> dict:
             raise ArtifactError(f"artifact manifest lists {relative!r}, which is outside the artifact")
         if not path.is_file():
             raise ArtifactError(f"artifact file {relative} is missing")
-        if _sha256(path) != expected:
+        if file_sha256(path) != expected:
             raise ArtifactError(f"artifact file {relative} was modified (sha256 mismatch)")
     return manifest
 
@@ -84,6 +77,16 @@ def safe_extract(tarball: Path, dest: Path) -> Path:
         raise ArtifactError(f"{tarball} is not a readable tar archive ({error})") from None
     roots = {Path(m.name).parts[0] for m in members if Path(m.name).parts}
     return dest / roots.pop() if len(roots) == 1 else dest
+
+
+def sample_feeds(manifest: dict, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs of the artifact's recorded shapes and dtypes when no real ones are given: random floats, ones
+    elsewhere (valid ids and masks for any vocabulary)."""
+    shapes = manifest["input_shapes"]
+    rng = np.random.default_rng(seed)
+    return {spec["name"]: (rng.standard_normal(shapes[spec["name"]]).astype(spec["dtype"])
+                           if spec["dtype"].startswith("float") else np.ones(shapes[spec["name"]], spec["dtype"]))
+            for spec in manifest["inputs"]}
 
 
 def open_artifact(path: Path, scratch: Path) -> Path:
@@ -151,11 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             _serve(manifest, predict, args.port)
             return 0
         if args.input is None:
-            shapes = manifest["input_shapes"]
-            rng = np.random.default_rng(0)
-            feeds = {s["name"]: (rng.standard_normal(shapes[s["name"]]).astype(s["dtype"])
-                                 if s["dtype"].startswith("float") else np.ones(shapes[s["name"]], s["dtype"]))
-                     for s in manifest["inputs"]}
+            feeds = sample_feeds(manifest)
         else:
             with np.load(args.input) as data:
                 feeds = {name: data[name] for name in data.files}

@@ -176,7 +176,8 @@ def sweep_sizes(info: ModelInfo, config: RecommendConfig) -> list[int]:
     return sorted(set(config.batch_sizes) | {config.slo_batch_size})
 
 
-def tune_targets(run: RunFolder, info: ModelInfo, config: RecommendConfig, targets, progress: Progress) -> TuningOutcome:
+def tune_targets(run: RunFolder, info: ModelInfo, config: RecommendConfig, targets,
+                 progress: Progress) -> TuningOutcome:
     """Search, confirm and sweep every available backend on every target, within --budget.
 
     SEARCH_SHARE of the budget is split over the (backend, target) pairs by the registry's budget weights (a

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from advisor.errors import UserError
+from advisor.executor import FP32_TOLERANCE, reference_outputs
 from advisor.feeds import make_feeds
 from advisor.measure import HarnessSettings, LatencyStats, NumericCheck, compare_outputs, time_calls
 from advisor.model import ModelSpec, analyze
-from advisor.runtime import ArtifactError, load, open_artifact
+from advisor.runtime import ArtifactError, load, open_artifact, sample_feeds
 from advisor.slo import Slo, SloVerdict, judge
 
 EXIT_OK = 0
@@ -34,15 +35,6 @@ class VerifyResult:
         return EXIT_OK if self.verdict.meets else EXIT_SLO_NOT_MET
 
 
-def _reference_outputs(model_path: Path, feeds) -> list:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
-
-
 def verify(artifact: Path, model: Path | None = None, harness: HarnessSettings | None = None) -> VerifyResult:
     harness = harness or HarnessSettings()
     with tempfile.TemporaryDirectory() as scratch:
@@ -60,17 +52,12 @@ def verify(artifact: Path, model: Path | None = None, harness: HarnessSettings |
             if info.sha256 != manifest["source_model"]["sha256"]:
                 raise UserError(f"{source} is not the model this artifact was built from (sha256 differs)")
             feeds = make_feeds(info, batch)
-            numerics = compare_outputs(predict(feeds), _reference_outputs(source, feeds),
-                                       manifest.get("tolerance", 1e-3)
-                                       if manifest["config"].get("precision", "fp32") != "fp32" else 1e-3)
+            reduced = manifest["config"].get("precision", "fp32") != "fp32"
+            tolerance = manifest.get("tolerance", FP32_TOLERANCE) if reduced else FP32_TOLERANCE
+            numerics = compare_outputs(predict(feeds), reference_outputs(source, feeds), tolerance)
         else:
-            import numpy as np
-
             note = f"original model not found at {source}; pass --model to check outputs"
-            rng = np.random.default_rng(0)
-            feeds = {s["name"]: (rng.standard_normal(shapes[s["name"]]).astype(s["dtype"])
-                                 if s["dtype"].startswith("float") else np.ones(shapes[s["name"]], s["dtype"]))
-                     for s in manifest["inputs"]}
+            feeds = sample_feeds(manifest)
         samples = time_calls(lambda: predict(feeds), harness)
         latency = LatencyStats.from_samples(samples, harness.confidence, harness.bootstrap_resamples)
         slo = Slo(manifest["slo"]["latency_ms"], manifest["slo"]["percentile"])
