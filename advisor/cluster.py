@@ -18,7 +18,7 @@ from pathlib import Path
 
 from advisor.config import RecommendConfig, default_cache_dir
 from advisor.errors import MissingDependency, UserError
-from advisor.model import ModelInfo, ModelSpec, analyze
+from advisor.model import ModelInfo, ModelSpec, analyze, external_data_locations
 from advisor.progress import Progress
 from advisor.report import BackendStatus
 from advisor.runfolder import RunFolder
@@ -76,10 +76,9 @@ def _model_files(path: Path) -> dict[str, bytes]:
 
     files = {path.name: path.read_bytes()}
     model = onnx.load(str(path), load_external_data=False)
-    for tensor in onnx.external_data_helper._get_all_tensors(model):
-        for entry in tensor.external_data:
-            if entry.key == "location" and entry.value not in files:
-                files[entry.value] = (path.parent / entry.value).read_bytes()  # analyze() checked the paths
+    for _, location in external_data_locations(model):
+        if location not in files:
+            files[location] = (path.parent / location).read_bytes()  # analyze() checked the paths
     return files
 
 

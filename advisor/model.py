@@ -99,22 +99,26 @@ def _tensor_spec(value: onnx.ValueInfoProto) -> TensorSpec:
     return TensorSpec(value.name, _np_dtype(tensor_type.elem_type), tuple(dims))
 
 
+def external_data_locations(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """(tensor name, location as written in the file) for every tensor stored outside the model file."""
+    return [(tensor.name, next((entry.value for entry in tensor.external_data if entry.key == "location"), ""))
+            for tensor in onnx.external_data_helper._get_all_tensors(model)
+            if tensor.data_location == TensorProto.EXTERNAL]
+
+
 def _check_external_data(model: onnx.ModelProto, folder: Path) -> None:
     """Refuse external-data locations that leave the model's folder (absolute, `..`, or via a symlink)."""
     root = folder.resolve()
-    for tensor in onnx.external_data_helper._get_all_tensors(model):
-        if tensor.data_location != TensorProto.EXTERNAL:
-            continue
-        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+    for name, location in external_data_locations(model):
         if not location or os.path.isabs(location) or Path(location).drive:
-            raise UserError(f"refusing external data {location!r} of tensor {tensor.name!r}: path is not relative")
+            raise UserError(f"refusing external data {location!r} of tensor {name!r}: path is not relative")
         target = (folder / location).resolve()
         if root not in target.parents:
             raise UserError(
-                f"refusing external data {location!r} of tensor {tensor.name!r}: it points outside the model folder"
+                f"refusing external data {location!r} of tensor {name!r}: it points outside the model folder"
             )
         if not target.is_file():
-            raise UserError(f"external data file {location!r} of tensor {tensor.name!r} is missing")
+            raise UserError(f"external data file {location!r} of tensor {name!r} is missing")
 
 
 def load_model(path: Path) -> onnx.ModelProto:
@@ -138,7 +142,7 @@ def load_model(path: Path) -> onnx.ModelProto:
     except Exception as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"{path} fails the ONNX checker: {first_line[:300]}") from None
-    if any(t.data_location == TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(model)):
+    if external_data_locations(model):
         onnx.load_external_data_for_model(model, str(path.parent))
     return model
 
