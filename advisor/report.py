@@ -46,7 +46,7 @@ def _roofline(info: ModelInfo, trials: list[Trial], targets: tuple[Target, ...],
         return None
     best = min(cpu_trials, key=lambda t: t.latency.p50)
     seconds = best.latency.p50 / 1000.0
-    peaks = getattr(ranking, "local_peaks", None) or {}
+    peaks = ranking.local_peaks
     return {"machine": targets[0].label, "trial_id": best.id,
             "achieved_gflops": info.flops / seconds / 1e9 if seconds > 0 else None,
             "achieved_bandwidth_gbs": info.bytes_moved / seconds / 1e9 if seconds > 0 else None,

@@ -33,6 +33,7 @@ from advisor.model import ModelSpec, analyze  # noqa: E402
 from advisor.ranking import target_hardware  # noqa: E402
 from hwprofiles.catalog import load_catalog  # noqa: E402
 from hwprofiles.targets import detect_targets  # noqa: E402
+from tuners.onnxruntime import providers_for, session_options  # noqa: E402
 
 THREADS = (1, 2)
 BATCHES = (1, 2, 4)
@@ -76,9 +77,8 @@ def measure(built: dict, seconds: float) -> list[Point]:
     for name, (path, shapes) in built.items():
         info = analyze(ModelSpec(path, shapes))
         for threads in THREADS:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            config = {"intra_op_threads": threads}  # everything else as in ONNX Runtime's stock session
+            session = ort.InferenceSession(str(path), session_options(config), providers=providers_for(config))
             for batch in BATCHES:
                 feeds = make_feeds(info, batch)
                 stats = LatencyStats.from_samples(time_calls(lambda: session.run(None, feeds), settings))

@@ -16,8 +16,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from advisor.config import RecommendConfig
 from advisor.feeds import make_feeds
 from advisor.measure import HarnessSettings, LatencyStats, interleaved_samples
@@ -79,7 +77,7 @@ def main() -> int:
     print(f"{'model':<28} {'advised config':<60} {'stock p50':>10} {'advised p50':>12} {'ratio p50':>10} "
           f"{'ratio p99':>10}")
     for model in models:
-        model_shapes = {k: v for k, v in shapes.items()}
+        model_shapes = dict(shapes)
         if model.stem.startswith("bert") and not model_shapes:
             model_shapes = {"input_ids": (1, 128), "attention_mask": (1, 128), "token_type_ids": (1, 128)}
         config = advised_config(model, model_shapes, parse_duration_s(args.budget), work)
@@ -91,5 +89,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=3)
     sys.exit(main())
