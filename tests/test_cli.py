@@ -180,3 +180,32 @@ def test_installed_console_script(cnn_path):
                                   "positive number with a unit, e.g. 400ms, 0.4s or 400"
     done = subprocess.run([str(script), "analyze", str(cnn_path)], capture_output=True, text=True)
     assert done.returncode == 0 and "Operator mix" in done.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--trial-timeout", "0"], "must be greater than zero"),
+    (["--memory-limit", "0"], "--memory-limit"),
+    (["--utilisation", "1.5"], "--utilisation"),
+    (["--qps", "-3"], "--qps"),
+])
+def test_bad_limits_are_one_line(cnn_path, tmp_path, args, message):
+    result = invoke("recommend", cnn_path, "--slo", "10ms", *args, "--out", tmp_path / "never")
+    assert result.exit_code == 2
+    assert message in one_line_error(result)
+
+
+def test_malformed_plugin_spec_is_one_line(cnn_path, tmp_path):
+    import os
+
+    env = dict(os.environ, ADVISOR_TUNERS="broken", PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", "from advisor.cli import main; main()", "recommend", str(cnn_path),
+                           "--slo", "10ms", "--out", str(tmp_path / "never")], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr == "advisor: error: ADVISOR_TUNERS entry 'broken' is not NAME=module:Class\n"
+
+
+def test_verify_missing_artifact(tmp_path):
+    result = invoke("verify", tmp_path / "nothing-here")
+    assert result.exit_code == 2
+    assert "artifact not found" in one_line_error(result)

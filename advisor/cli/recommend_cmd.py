@@ -12,7 +12,6 @@ from advisor.config import DEFAULT_BATCH_SIZES, DEFAULT_BUDGET_S, DEFAULT_TOLERA
 from advisor.measure import HarnessSettings
 from advisor.model import ModelSpec
 from advisor.slo import PERCENTILE_CHOICES, Slo
-from tuners.registry import parse_backends
 
 
 def _default_out(model: Path) -> Path:
@@ -75,9 +74,11 @@ def recommend(model, slo_ms, percentile, input_shapes, budget_s, batch_sizes, ba
 
     Exit status: 0 a recommendation was made, 3 nothing meets the SLO, 2 bad input, 1 internal error.
     """
+    # imported here, not at the top: a malformed ADVISOR_TUNERS must be a one-line error, not an import traceback
     from advisor.pipeline import recommend as run_recommend
     from advisor.progress import Progress, RichProgress
     from advisor.summary import print_summary
+    from tuners.registry import parse_backends
 
     if resume and out_dir is None:
         raise click.UsageError("--resume needs --out pointing at the run folder to continue")
