@@ -1,4 +1,5 @@
-"""The deployable artifact: the winning candidate in deployable form, a manifest with checksums, a tarball."""
+"""The deployable artifact: a ranked candidate (the winner, or any row via `advisor package`) in deployable form,
+a manifest with checksums, a tarball."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ class ArtifactRequest:
     trial: Trial
     ctx: TuneContext
     slo: Slo
-    expected: dict  # the ranking row it was chosen from: instance, latency and interval, cost
+    expected: dict  # the ranking row it was chosen from: instance, source, latency and interval, cost
 
 
 def build_artifact(request: ArtifactRequest, dest: Path, timeout_s: float, log_path: Path | None) -> Path:
@@ -51,6 +52,7 @@ def build_artifact(request: ArtifactRequest, dest: Path, timeout_s: float, log_p
     manifest = {
         "schema": SCHEMA,
         "created_at": now_iso(),
+        "instance": request.expected.get("instance"),  # the ranked instance it was packaged for
         "backend": candidate.backend,
         "versions": versions,
         "target": request.ctx.target.to_dict(),

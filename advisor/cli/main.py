@@ -73,6 +73,12 @@ def _register() -> None:
     cli.add_command(analyze_cmd.analyze)
     cli.add_command(verify_cmd.verify)
     cli.add_command(cache_cmd.cache)
+    from advisor.cli.package_cmd import package_command
+
+    cli.add_command(package_command)
+    from advisor.cli.export_cmd import export
+
+    cli.add_command(export)
 
 
 _register()
