@@ -313,7 +313,25 @@ def model(report: dict, ctx: Context) -> dict:
                                              time_ms),
             "mix_plot": plots.operator_mix(_dict(info.get("op_histogram"))),
             "takeaway": _takeaway(info, time_ms), "profiled": bool(time_ms),
-            "uncounted": sorted(_dict(info.get("uncounted_ops")).items(), key=lambda kv: str(kv[0]))}
+            "uncounted": sorted(_dict(info.get("uncounted_ops")).items(), key=lambda kv: str(kv[0])),
+            "export": _export(info.get("export"))}
+
+
+def _export(export) -> dict | None:
+    """How a non-ONNX source (PyTorch, Hugging Face) became the measured ONNX file, and how faithful it is: a
+    reviewer must know the figures are for an export, and how far its outputs are from the source's."""
+    if not isinstance(export, dict):
+        return None
+    rows = [(label, str(export[key])) for label, key in (("source", "source"), ("kind", "source_kind"),
+                                                         ("exporter", "exporter")) if export.get(key) is not None]
+    errors = [f"{fmt.number(export[key], 3)} {label}" for label, key in (("max abs", "max_abs_error"),
+                                                                        ("max rel", "max_rel_error"))
+              if fmt.is_number(export.get(key))]
+    rows.append(("outputs vs the source", ", ".join(errors) if errors else "not compared"))
+    notes = export.get("notes")
+    notes = [str(n) for n in notes if n is not None] if isinstance(notes, (list, tuple)) else \
+        ([str(notes)] if notes else [])
+    return {"rows": rows, "notes": notes}
 
 
 def _shape(shape) -> str:

@@ -260,6 +260,52 @@ def test_markdown_summary(sample):
     assert "&lt;script&gt;" in summary and HOSTILE not in summary
 
 
+EXPORT = {"source": "models/ocr.pt", "source_kind": "torchscript", "exporter": "torch.onnx.export (dynamo)",
+          "max_abs_error": 2.4e-06, "max_rel_error": 0.00031, "notes": ["exported at opset 17", "batch axis named"]}
+
+
+def _model_section(page: str) -> str:
+    return page[page.index('id="model"'):page.index('id="roofline"')]
+
+
+def test_model_export_provenance_is_shown_in_the_model_section(sample, html):
+    assert 'id="model-export"' not in html  # an ONNX source has no export block
+    report = copy.deepcopy(sample)
+    report["model"]["export"] = EXPORT
+    model = _model_section(render_html(report))
+    assert "<h3>Exported to ONNX</h3>" in model
+    assert '<tr><th>source</th><td class="mono">models/ocr.pt</td></tr>' in model
+    assert "<tr><th>kind</th><td>torchscript</td></tr>" in model
+    assert "<tr><th>exporter</th><td>torch.onnx.export (dynamo)</td></tr>" in model
+    assert "<tr><th>outputs vs the source</th><td>2.4e-06 max abs, 0.00031 max rel</td></tr>" in model
+    assert "<li>exported at opset 17</li><li>batch axis named</li>" in model
+    assert model.index('id="model-export"') < model.index('class="facts"')
+
+
+def test_model_export_strings_are_escaped_and_any_field_may_be_missing(sample):
+    report = copy.deepcopy(sample)
+    report["model"]["export"] = poison(EXPORT)
+    page = render_html(report)
+    assert_inert(page)
+    model = _model_section(page)
+    assert "<img" not in model and "&lt;script&gt;alert(3)&lt;/script&gt;" in model
+    for key in EXPORT:
+        for value in (None, "missing"):
+            partial = copy.deepcopy(sample)
+            partial["model"]["export"] = {k: v for k, v in EXPORT.items() if k != key}
+            if value is None:
+                partial["model"]["export"][key] = None
+            assert 'id="model-export"' in _model_section(render_html(partial))
+    for odd in ({}, {"notes": "one note, not a list", "max_abs_error": "n/a"}, "not a dict", None):
+        partial = copy.deepcopy(sample)
+        partial["model"]["export"] = odd
+        model = _model_section(render_html(partial))
+        assert ('id="model-export"' in model) == isinstance(odd, dict)
+        if isinstance(odd, dict):
+            assert "<tr><th>outputs vs the source</th><td>not compared</td></tr>" in model
+            assert ("<li>one note, not a list</li>" in model) == bool(odd)
+
+
 # ---- robustness -------------------------------------------------------------------------------------------------
 
 
