@@ -218,7 +218,7 @@ def browser(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory, sample) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("pages")
-    variants = {"recommended": sample, "no_slo_met": no_slo_variant(sample)}
+    variants = {"recommended": sample, "no_slo_met": no_slo_variant(sample), "exported": exported_variant(sample)}
     paths = {}
     for name, report in variants.items():
         paths[name] = folder / f"{name}.html"
@@ -235,6 +235,15 @@ def no_slo_variant(report: dict) -> dict:
         row.update(slo_verdict="misses", meets_slo=False, slo_margin_ms=slo - row["latency_ms"])
     variant["status"], variant["recommendation"] = "no_slo_met", None
     variant["closest_miss"] = min(variant["ranking"], key=lambda r: r["latency_ms"])
+    return variant
+
+
+def exported_variant(report: dict) -> dict:
+    """The same run of a model exported from PyTorch (model.export), with a hostile note."""
+    variant = copy.deepcopy(report)
+    variant["model"]["export"] = {"source": "models/ocr.pt", "source_kind": "torchscript",
+                                  "exporter": "torch.onnx.export (dynamo)", "max_abs_error": 2.4e-06,
+                                  "max_rel_error": 0.00031, "notes": [f"exported at opset 17 {HOSTILE}"]}
     return variant
 
 
@@ -333,3 +342,18 @@ def test_no_slo_met_page_and_print(browser, pages, sample):
     pdf = printed.pdf(ARTIFACTS / "report.pdf")
     assert pdf.startswith(b"%PDF")
     assert 3 <= len(re.findall(rb"/Type\s*/Page[^s]", pdf)) <= 20  # A4 pages: tables wrap rather than overflow
+
+
+def test_model_export_block(browser, pages):
+    """How the model was exported shows in the model section, on screen and in print, and nothing it holds runs."""
+    for media in ("screen", "print"):
+        page = Page(browser)
+        page.send("Emulation.setEmulatedMedia", {"media": media})
+        page.load(pages["exported"].as_uri())
+        assert page.problems() == []
+        block = visible(page, "#model-export")
+        assert block["text"].strip().startswith("Exported to ONNX")
+        assert block["top"] > visible(page, "#model")["top"]
+        text = page.evaluate("document.querySelector('#model-export').textContent")
+        assert "torch.onnx.export (dynamo)" in text and "2.4e-06 max abs" in text and HOSTILE in text
+        assert page.evaluate("document.querySelectorAll('script').length") == 1
