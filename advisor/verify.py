@@ -12,7 +12,7 @@ from advisor.executor import FP32_TOLERANCE, reference_outputs
 from advisor.feeds import make_feeds
 from advisor.measure import HarnessSettings, LatencyStats, NumericCheck, compare_outputs, time_calls
 from advisor.model import ModelSpec, analyze
-from advisor.runtime import ArtifactError, load, open_artifact, sample_feeds
+from advisor.runtime import ArtifactError, load, open_artifact
 from advisor.slo import Slo, SloVerdict, judge
 
 EXIT_OK = 0
@@ -23,7 +23,7 @@ EXIT_OUTPUTS_DIFFER = 4
 @dataclass(frozen=True)
 class VerifyResult:
     manifest: dict
-    numerics: NumericCheck | None
+    numerics: NumericCheck | None  # always compared now; kept optional for callers that print it
     numerics_note: str | None
     latency: LatencyStats
     verdict: SloVerdict
@@ -46,20 +46,19 @@ def verify(artifact: Path, model: Path | None = None, harness: HarnessSettings |
         source = model or Path(manifest["source_model"]["path"])
         batch = int(manifest.get("batch_size", 1))
         shapes = {name: tuple(shape) for name, shape in manifest["input_shapes"].items()}
-        numerics, note = None, None
-        if source.is_file():
-            info = analyze(ModelSpec(source, shapes))
-            if info.sha256 != manifest["source_model"]["sha256"]:
-                raise UserError(f"{source} is not the model this artifact was built from (sha256 differs)")
-            feeds = make_feeds(info, batch)
-            reduced = manifest["config"].get("precision", "fp32") != "fp32"
-            tolerance = manifest.get("tolerance", FP32_TOLERANCE) if reduced else FP32_TOLERANCE
-            numerics = compare_outputs(predict(feeds), reference_outputs(source, feeds), tolerance)
-        else:
-            note = f"original model not found at {source}; pass --model to check outputs"
-            feeds = sample_feeds(manifest)
+        if not source.is_file():
+            # exit 0 means every check held: outputs that could not be compared are not a pass
+            raise UserError(f"the original model {source} is not found; pass --model ORIGINAL.onnx to compare the "
+                            "artifact's outputs with it")
+        info = analyze(ModelSpec(source, shapes))
+        if info.sha256 != manifest["source_model"]["sha256"]:
+            raise UserError(f"{source} is not the model this artifact was built from (sha256 differs)")
+        feeds = make_feeds(info, batch)
+        reduced = manifest["config"].get("precision", "fp32") != "fp32"
+        tolerance = manifest.get("tolerance", FP32_TOLERANCE) if reduced else FP32_TOLERANCE
+        numerics = compare_outputs(predict(feeds), reference_outputs(source, feeds), tolerance)
         samples = time_calls(lambda: predict(feeds), harness)
         latency = LatencyStats.from_samples(samples, harness.confidence, harness.bootstrap_resamples)
         slo = Slo(manifest["slo"]["latency_ms"], manifest["slo"]["percentile"])
         verdict = judge(slo, latency.at(slo.percentile), latency.intervals[slo.percentile])
-        return VerifyResult(manifest, numerics, note, latency, verdict)
+        return VerifyResult(manifest, numerics, None, latency, verdict)

@@ -186,3 +186,12 @@ def test_default_dest_is_a_safe_folder_name(tmp_path):
     assert default_dest(tmp_path, "c7i.large") == tmp_path / "artifacts" / "c7i.large"
     assert default_dest(tmp_path, "local (Intel Xeon, 2 cores)") == tmp_path / "artifacts" / "local-Intel-Xeon-2-cores"
     assert default_dest(tmp_path, "../..") == tmp_path / "artifacts" / "instance"
+
+
+def test_verify_refuses_to_pass_without_the_original_model(run, tmp_path):
+    """Exit 0 means every check held: an artifact whose outputs could not be compared does not pass."""
+    out, report = run
+    absent = tmp_path / "absent.onnx"
+    assert error_line(invoke("verify", out / "artifact", "--model", absent)) == (
+        f"advisor: error: the original model {absent} is not found; pass --model ORIGINAL.onnx to compare the "
+        "artifact's outputs with it\n")
