@@ -11,12 +11,20 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from advisor.errors import UserError
+
+if TYPE_CHECKING:  # the heavy modules load only when the command runs, so `advisor --help` stays fast
+    from advisor.config import RecommendConfig
+    from advisor.model import ModelInfo
+    from advisor.trials import Trial
+    from hwprofiles.targets import Target
 
 REPORT = "report.json"
 ARTIFACTS = "artifacts"
@@ -97,7 +105,7 @@ def find_row(run: RunRecord, instance: str) -> dict:
     raise UserError(f"unknown instance {instance!r}: {run.report_path} does not rank it ({hint})")
 
 
-def _find_trial(run: RunRecord, trial_id: str):
+def _find_trial(run: RunRecord, trial_id: str) -> Trial:
     """The trial a row rests on, from trials.jsonl (the run's own log), else from report.json's copy of it."""
     from advisor.trials import Trial, TrialLog
 
@@ -111,7 +119,7 @@ def _find_trial(run: RunRecord, trial_id: str):
     return trial
 
 
-def _targets(run: RunRecord):
+def _targets(run: RunRecord) -> tuple[Target, ...]:
     from hwprofiles.targets import Target
 
     try:
@@ -129,7 +137,7 @@ def _model_path(run: RunRecord, override: Path | None) -> Path:
     raise UserError(f"the model {recorded!r} recorded in {run.report_path} is not found; pass --model PATH")
 
 
-def _model_info(run: RunRecord, override: Path | None):
+def _model_info(run: RunRecord, override: Path | None) -> ModelInfo:
     """The ModelInfo of the run's model with the run's shapes; it must be the very model the run measured."""
     from advisor.model import ModelSpec, analyze
 
@@ -140,7 +148,7 @@ def _model_info(run: RunRecord, override: Path | None):
     return info
 
 
-def _config(run: RunRecord, info):
+def _config(run: RunRecord, info: ModelInfo) -> RecommendConfig:
     """A RecommendConfig carrying what a TuneContext needs from the run's settings (cache, budget, tolerance)."""
     from advisor.config import DEFAULT_BUDGET_S, DEFAULT_TOLERANCE, RecommendConfig, default_cache_dir
     from advisor.model import ModelSpec
@@ -173,7 +181,7 @@ def _check_dest(dest: Path) -> None:
         raise UserError(f"--out {dest} exists and is not an advisor artifact; choose another --out")
 
 
-def _anchor_note(row: dict, targets) -> str | None:
+def _anchor_note(row: dict, targets: tuple[Target, ...]) -> str | None:
     """For an estimated row: which measured trial its figure is anchored on (that trial is what gets packaged)."""
     if row.get("source") != "estimated":
         return None
@@ -188,7 +196,7 @@ def _anchor_note(row: dict, targets) -> str | None:
 
 
 def package(run_dir: Path, instance: str, dest: Path | None = None, model: Path | None = None,
-            notify=None) -> Packaged:
+            notify: Callable[[str], None] | None = None) -> Packaged:
     """Build the artifact of `instance`'s ranking row from a finished run folder (locked while it works)."""
     from filelock import FileLock, Timeout
 
