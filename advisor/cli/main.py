@@ -76,6 +76,9 @@ def _register() -> None:
     from advisor.cli.package_cmd import package_command
 
     cli.add_command(package_command)
+    from advisor.cli.export_cmd import export
+
+    cli.add_command(export)
 
 
 _register()
