@@ -8,6 +8,7 @@ from pathlib import Path
 import platformdirs
 
 from advisor.errors import UserError
+from advisor.exporting import ExportOptions
 from advisor.measure import HarnessSettings
 from advisor.model import ModelSpec
 from advisor.slo import Slo
@@ -20,6 +21,19 @@ DEFAULT_TOLERANCE = 0.05
 def default_cache_dir() -> Path:
     """Tuning databases and timing caches live here, outside any run folder, so runs share them."""
     return Path(platformdirs.user_cache_dir("advisor"))
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """A model SOURCE that is not an ONNX file (a Hugging Face folder, a TorchScript or torch.export file, a
+    `module:callable`): `recommend` exports it to `RecommendConfig.model.path` (RUN/model.onnx) before analysing
+    it, and records the export in report.json's `model.export`."""
+
+    source: str
+    options: ExportOptions = field(default_factory=ExportOptions)
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "options": self.options.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -46,6 +60,10 @@ class RecommendConfig:
     harness: HarnessSettings = field(default_factory=HarnessSettings)
     make_artifact: bool = True
     cluster: str | None = None  # "ray://HOST:PORT" or "auto": also profile on the cluster's instance nodes
+    # set when SOURCE is not ONNX; then model.path is the run folder's model.onnx that the export writes. Not in
+    # the fingerprint: the exported file's sha256 is, and a resume reuses the run folder's export (see
+    # advisor.exporting.run_export), so a changed source or export option shows up as a different model
+    export: ExportSpec | None = None
 
     def __post_init__(self):
         if self.budget_s <= 0:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from advisor.artifact import ArtifactRequest, build_artifact
 from advisor.config import RecommendConfig
 from advisor.environment import now_iso
 from advisor.errors import UserError
-from advisor.model import ModelInfo, analyze
+from advisor.exporting import run_export
+from advisor.model import ModelInfo, ModelSpec, analyze
 from advisor.progress import Progress
 from advisor.report import build_report, write_report
 from advisor.runfolder import RunFolder
@@ -45,14 +46,24 @@ def _attach_file_log(path: Path) -> logging.Handler:
 
 def recommend(config: RecommendConfig, progress: Progress | None = None) -> RunResult:
     progress = progress or Progress()
+    with run_export.prepare(config.export, config.model.path, config.resume) as export:  # None for ONNX sources
+        return _recommend(config, progress, export)
+
+
+def _recommend(config: RecommendConfig, progress: Progress, export: run_export.RunExport | None) -> RunResult:
+    config, spec = _with_export(config, export)
     # validation first, silently: a bad input must produce exactly one line on stderr
-    info = analyze(config.model)
+    info = analyze(spec)
     catalog = load_catalog(list(config.catalog_paths), providers=list(config.providers) or None,
                            region=config.region)
     run = RunFolder.open(config.out_dir, config.resume, config.fingerprint(info.sha256))
     handler = _attach_file_log(run.log_path)
     try:
-        return _recommend_in(run, info, catalog, config, progress)
+        if export is not None:
+            export.install(run_export.source_key(config.export.source))
+            info = replace(info, path=export.result.onnx_path)  # it was analysed where it was staged
+            _log_export(export, progress)
+        return _recommend_in(run, info, catalog, config, progress, export)
     except Exception as error:
         if not isinstance(error, UserError):
             log.exception("internal error")
@@ -64,7 +75,27 @@ def recommend(config: RecommendConfig, progress: Progress | None = None) -> RunR
         run.close()
 
 
-def _recommend_in(run: RunFolder, info: ModelInfo, catalog, config: RecommendConfig, progress: Progress) -> RunResult:
+def _with_export(config: RecommendConfig, export: run_export.RunExport | None) -> tuple[RecommendConfig, ModelSpec]:
+    """The config the rest of the run sees and the model to analyse now. For an exported model, --input-shape is
+    spread over the inputs that share its named axes (`input_ids=1,128` sizes `attention_mask`'s `sequence` too),
+    and analysis reads the staged file until it is moved into the run folder."""
+    if export is None:
+        return config, config.model
+    shapes = run_export.fill_named_axes(export.analysis_path, dict(config.model.input_shapes))
+    config = replace(config, model=ModelSpec(config.model.path, shapes))
+    return config, ModelSpec(export.analysis_path, shapes)
+
+
+def _log_export(export: run_export.RunExport, progress: Progress) -> None:
+    result = export.result
+    error = ("not compared" if result.max_abs_error is None else
+             f"max abs error {result.max_abs_error:.3g}, max rel error {result.max_rel_error:.3g}")
+    log.info("export: %s", export.report_dict())
+    progress.stage(f"exported {result.source} ({result.source_kind}) with {result.exporter}: {error} vs the source")
+
+
+def _recommend_in(run: RunFolder, info: ModelInfo, catalog, config: RecommendConfig, progress: Progress,
+                  export: run_export.RunExport | None = None) -> RunResult:
     started_at = now_iso()
     progress.stage(f"{info.path.name}: {info.flops / 1e9:.3g} GFLOP, {info.params / 1e6:.3g} M parameters; "
                    f"run folder {run.path}")
@@ -100,7 +131,7 @@ def _recommend_in(run: RunFolder, info: ModelInfo, catalog, config: RecommendCon
             log.error("artifact: %s", error)
     report = build_report(info=info, config=config, targets=targets, statuses=statuses, trials=trials,
                           ranking=ranking, artifact_path=artifact_path, artifact_error=artifact_error,
-                          started_at=started_at)
+                          started_at=started_at, export=export.report_dict() if export else None)
     write_report(report, run.path, config.json_path)
     exit_code = EXIT_RECOMMENDED if ranking.recommendation is not None else EXIT_NO_SLO_MET
     return RunResult(report, exit_code, run.path)

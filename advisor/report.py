@@ -56,7 +56,7 @@ def _roofline(info: ModelInfo, trials: list[Trial], targets: tuple[Target, ...],
 
 def build_report(*, info: ModelInfo, config: RecommendConfig, targets: tuple[Target, ...], statuses: list,
                  trials: list[Trial], ranking, artifact_path: Path | None, artifact_error: str | None,
-                 started_at: str) -> dict:
+                 started_at: str, export: dict | None = None) -> dict:
     ranking_dict = ranking.to_dict()
     recommendation = None
     if ranking.recommendation is not None:
@@ -72,6 +72,8 @@ def build_report(*, info: ModelInfo, config: RecommendConfig, targets: tuple[Tar
     model = info.summary_dict()
     profile = _op_class_ms(trials)
     model["op_class_ms"] = profile["ms"] if profile else None
+    if export is not None:  # SOURCE was not ONNX: how it was exported, and how close the export is to the source
+        model["export"] = export
     return {
         "schema": SCHEMA,
         "advisor_version": advisor.__version__,

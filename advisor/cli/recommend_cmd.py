@@ -3,20 +3,50 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 
 import click
 
+from advisor.cli.export_cmd import build_options, export_options
 from advisor.cli.options import DurationType, IntListType, LatencyType, input_shape_option, shapes_dict
-from advisor.config import DEFAULT_BATCH_SIZES, DEFAULT_BUDGET_S, DEFAULT_TOLERANCE, RecommendConfig
+from advisor.config import DEFAULT_BATCH_SIZES, DEFAULT_BUDGET_S, DEFAULT_TOLERANCE, ExportSpec, RecommendConfig
+from advisor.exporting import source_kind
+from advisor.exporting.sources import ONNX, SUFFIX_KINDS
 from advisor.measure import HarnessSettings
 from advisor.model import ModelSpec
 from advisor.slo import PERCENTILE_CHOICES, Slo
 
 
-def _default_out(model: Path) -> Path:
+EXPORTED_MODEL = "model.onnx"  # where a non-ONNX SOURCE is exported to, inside the run folder
+
+
+def _default_out(source: str, exported: bool) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("advisor-runs") / f"{model.stem}-{stamp}"
+    name = Path(source).stem
+    if exported:  # a folder's name, or `pkg.mod:build` -> `pkg.mod-build`
+        name = re.sub(r"[^\w.-]+", "-", source.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]).strip("-.")
+    return Path("advisor-runs") / f"{name or 'model'}-{stamp}"
+
+
+def _needs_export(source: str) -> bool:
+    """Whether SOURCE must be exported to ONNX first. ONNX files keep the path they always had (the loader's checks
+    and messages), and so does an existing file of any suffix other than PyTorch's: it is read as ONNX."""
+    path = Path(source).expanduser()
+    suffix = path.suffix.lower()
+    if suffix == ".onnx" or (path.is_file() and suffix not in SUFFIX_KINDS):
+        return False
+    return source_kind(source) != ONNX
+
+
+def _export_spec(source: str, opset, fp16, task, input_shapes) -> ExportSpec | None:
+    if _needs_export(source):
+        return ExportSpec(source, build_options(opset, fp16, task, input_shapes))
+    given = [flag for flag, value in (("--opset", opset), ("--fp16", fp16), ("--task", task)) if value]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} given, but {source} is an ONNX file, measured as it is: export "
+                               f"options apply only to a SOURCE that is exported")
+    return None
 
 
 def _csv(text: str | None) -> tuple[str, ...]:
@@ -24,12 +54,13 @@ def _csv(text: str | None) -> tuple[str, ...]:
 
 
 @click.command()
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("source", metavar="SOURCE")
 @click.option("--slo", "slo_ms", type=LatencyType(), required=True,
               help="Latency SLO: 400ms, 0.4s or 400 (milliseconds).")
 @click.option("--percentile", type=click.Choice(PERCENTILE_CHOICES), default="p99", show_default=True,
               help="Latency percentile the SLO applies to.")
 @input_shape_option
+@export_options
 @click.option("--budget", "budget_s", type=DurationType(), default=f"{DEFAULT_BUDGET_S:.0f}s", show_default=True,
               help="Wall-clock cap on all tuning and measuring, e.g. 90s, 3m.")
 @click.option("--batch-sizes", type=IntListType(), default=",".join(map(str, DEFAULT_BATCH_SIZES)),
@@ -66,11 +97,15 @@ def _csv(text: str | None) -> tuple[str, ...]:
               help="Also profile on the Ray cluster's instance nodes (see docs/cluster.md).")
 @click.option("--no-artifact", is_flag=True, help="Skip exporting the deployable artifact.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display on stderr.")
-def recommend(model, slo_ms, percentile, input_shapes, budget_s, batch_sizes, batch_size, backends, out_dir, resume,
-              json_path, catalogs, providers, region, qps, utilisation, local_price, tolerance, cache_dir,
-              min_time, trial_timeout, memory_limit, cluster, no_artifact, quiet):
-    """Tune MODEL on every backend this machine can run, rank cloud instances by cost under the SLO, and write
+def recommend(source, slo_ms, percentile, input_shapes, opset, fp16, task, budget_s, batch_sizes, batch_size,
+              backends, out_dir, resume, json_path, catalogs, providers, region, qps, utilisation, local_price,
+              tolerance, cache_dir, min_time, trial_timeout, memory_limit, cluster, no_artifact, quiet):
+    """Tune SOURCE on every backend this machine can run, rank cloud instances by cost under the SLO, and write
     the report and a deployable artifact.
+
+    SOURCE is an ONNX file, or anything `advisor export` takes (a local Hugging Face model folder, a TorchScript
+    or torch.export file, module:callable): that is exported to RUN/model.onnx first (--input-shape then also
+    gives the example inputs) and the export's numerical difference is recorded in report.json.
 
     Exit status: 0 a recommendation was made, 3 nothing meets the SLO, 2 bad input, 1 internal error.
     """
@@ -83,10 +118,12 @@ def recommend(model, slo_ms, percentile, input_shapes, budget_s, batch_sizes, ba
     if resume and out_dir is None:
         raise click.UsageError("--resume needs --out pointing at the run folder to continue")
     extra = {"cache_dir": cache_dir} if cache_dir else {}
+    export = _export_spec(source, opset, fp16, task, input_shapes)
+    out_dir = out_dir or _default_out(source, export is not None)
     config = RecommendConfig(
-        model=ModelSpec(model, shapes_dict(input_shapes)),
+        model=ModelSpec(out_dir / EXPORTED_MODEL if export else Path(source), shapes_dict(input_shapes)),
         slo=Slo(slo_ms, percentile),
-        out_dir=out_dir or _default_out(model),
+        out_dir=out_dir,
         budget_s=budget_s,
         batch_sizes=batch_sizes,
         batch_size=batch_size,
@@ -105,6 +142,7 @@ def recommend(model, slo_ms, percentile, input_shapes, budget_s, batch_sizes, ba
         cluster=cluster,
         trial_timeout_s=trial_timeout,
         memory_limit_mib=memory_limit,
+        export=export,
         **extra,
     )
     progress = Progress() if quiet else RichProgress(percentile)
