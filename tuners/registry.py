@@ -27,6 +27,8 @@ TUNERS: dict[str, TunerEntry] = {
     for entry in (
         TunerEntry("onnxruntime", "tuners.onnxruntime:OnnxRuntimeTuner", None, 1.0,
                    "ONNX Runtime: execution providers, graph optimisation, threads, dynamic int8"),
+        TunerEntry("tvm", "tuners.tvm:TvmTuner", "tvm", 2.0,
+                   "Apache TVM: Relax import, default build and MetaSchedule tuning with a persistent database"),
         TunerEntry("tensorrt", "tuners.tensorrt:TensorRtTuner", "tensorrt", 1.0, "NVIDIA TensorRT engines"),
     )
 }

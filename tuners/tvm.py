@@ -1,0 +1,235 @@
+"""Apache TVM: the model imported through the Relax ONNX frontend and compiled for the target, first with TVM's
+default pipeline (`tuned: false`), then tuned with MetaSchedule within this backend's share of the budget
+(`tuned: true`), both measured by the shared harness. Tuning records go to a database kept between runs
+(tuners/tvm_tuning.py); the build pipeline and targets are in tuners/tvm_compile.py.
+
+Every build runs in the isolated child the harness gives each candidate, so a segfault or hang inside TVM is a
+failed trial. The tuned candidate's tuning happens once per run folder and batch size (a marker file records
+it): the head-to-head, the batch sweep and the artifact export rebuild from the database without tuning again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tuners import tvm_compile as tc
+from tuners.base import Availability, Candidate, CompiledModel, ExportedFiles, Search, StagedSearch, TuneContext, Tuner
+
+if TYPE_CHECKING:
+    from hwprofiles.targets import Target
+
+RESERVED_S = 30.0  # of the backend's budget: the untuned trial, and the tuned trial's import, build and timing
+MIN_TUNING_S = 20.0
+SECONDS_PER_TRIAL = 0.5  # caps the trial count for a tuning time; the deadline is what really stops tuning
+SWEEP_TUNING_SHARE = 0.25  # of the tuning time, spent again on each other batch size of the sweep
+LIBRARY = "model.so"
+
+
+def tuning_plan(budget_s: float) -> dict[str, Any]:
+    """Tuning time and trial cap for a backend budget. Deterministic, so resumed runs ask for the same trial."""
+    seconds = max(MIN_TUNING_S, budget_s - RESERVED_S)
+    return {"tuning_s": round(seconds), "max_trials": max(8, int(seconds / SECONDS_PER_TRIAL))}
+
+
+class TvmSearch(StagedSearch):
+    """The untuned build first (the baseline: what TVM gives without tuning), then the MetaSchedule-tuned build."""
+
+    def __init__(self, target: Target, budget_s: float, batch_size: int):
+        spec = tc.target_spec(target)
+        baseline = {"target": tc.target_label(spec), "num_threads": tc.threads_for(target), "opt_level": 3,
+                    "tuned": False, "tuning": "none"}
+
+        def tuned(best):
+            plan = tuning_plan(budget_s)
+            return [{**best, "tuned": True, "tuning": "meta_schedule", **plan, "batch_size": batch_size}]
+
+        super().__init__("tvm", target.id, baseline, [tuned])
+
+
+class TvmCompiledModel(CompiledModel):
+    """A Relax VM executable on its device; inputs are copied to the device in `bind`."""
+
+    def __init__(self, executable, spec: Mapping[str, Any], input_names: list[str], details: dict[str, Any]):
+        from tvm import relax
+
+        self.executable = executable
+        self.device = tc.device_for(spec)
+        self.vm = relax.VirtualMachine(executable, self.device)
+        self.main = self.vm["main"]
+        self.input_names = input_names
+        self.details = details
+        self._args: list = []
+        self._result = None
+
+    def bind(self, feeds):
+        import tvm
+
+        self._args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[name]), self.device) for name in self.input_names]
+
+    def execute(self):
+        self._result = self.main(*self._args)
+        self.device.sync()
+
+    def outputs(self):
+        return tc.flatten_outputs(self._result)
+
+
+class TvmTuner(Tuner):
+    name = "tvm"
+
+    def availability(self, target: Target) -> Availability:
+        try:
+            import tvm
+        except ImportError:
+            return Availability.no("apache-tvm is not installed (pip install 'advisor[tvm]')")
+        if target.kind == "cpu":
+            if not tvm.runtime.enabled("llvm"):
+                return Availability.no("this TVM build has no LLVM code generator for CPUs")
+            return Availability.yes()
+        if target.kind == "cuda":
+            if not tvm.runtime.enabled("cuda"):
+                return Availability.no("this TVM build has no CUDA runtime, or it found no CUDA driver "
+                                       "(a CUDA-enabled apache-tvm and an NVIDIA driver are needed)")
+            index = target.gpu.index if target.gpu else 0
+            if not tvm.cuda(index).exist:
+                return Availability.no(f"TVM cannot open CUDA device {index}")
+            return Availability.yes()
+        return Availability.no(f"no TVM target for {target.kind} devices")
+
+    def search(self, ctx: TuneContext) -> Search:
+        return TvmSearch(ctx.target, ctx.budget_s, ctx.batch_size)
+
+    # ---- build --------------------------------------------------------------------------------------------------
+
+    def _import(self, ctx: TuneContext, spec: Mapping[str, Any]):
+        shapes = ctx.info.shapes_at(ctx.batch_size)
+        static = tc.static_model_path(ctx.info.path, shapes, ctx.workdir)
+        return tc.import_onnx(static, shapes), tc.make_target(spec), list(shapes)
+
+    def build(self, candidate: Candidate, ctx: TuneContext) -> CompiledModel:
+        config = candidate.config
+        spec = tc.target_spec(ctx.target)
+        if config.get("target") != tc.target_label(spec):
+            raise RuntimeError(f"candidate was made for TVM target {config.get('target')!r}, this host gives "
+                               f"{tc.target_label(spec)!r}")
+        threads = int(config.get("num_threads", tc.threads_for(ctx.target)))
+        tc.set_runtime_threads(threads)
+        if ctx.target.kind == "cpu":
+            from tuners.tvm_tuning import register_cpu_intrinsics_only
+
+            register_cpu_intrinsics_only(ctx.target.cpu.arch)
+        started = time.perf_counter()
+        mod, target, input_names = self._import(ctx, spec)
+        if not config.get("tuned"):
+            executable = tc.build_untuned(mod, target)
+            details = {"tuned": False, "compile_time_s": round(time.perf_counter() - started, 2)}
+            return TvmCompiledModel(executable, spec, input_names, details)
+        problem = tc.ffi_problem()
+        if problem:
+            raise RuntimeError(problem)
+        folder = self.tuning_folder(candidate, ctx)
+        tuning = self._ensure_tuned(mod, target, candidate, ctx, folder, threads)
+        compile_started = time.perf_counter()
+        from tuners.tvm_tuning import open_database
+
+        executable, facts = tc.build_with_database(mod, target, open_database(folder), threads)
+        details = {"tuned": True, **tuning, **facts, "database": str(self.shared_database(ctx, spec)),
+                   "compile_time_s": round(time.perf_counter() - compile_started, 2)}
+        return TvmCompiledModel(executable, spec, input_names, details)
+
+    @staticmethod
+    def shared_database(ctx: TuneContext, spec: Mapping[str, Any]) -> Path:
+        from tuners.tvm_tuning import cache_folder
+
+        return cache_folder(ctx.cache_dir, tc.target_label(spec))
+
+    @staticmethod
+    def tuning_folder(candidate: Candidate, ctx: TuneContext) -> Path:
+        return ctx.workdir / "tuning" / f"{candidate.key}-b{ctx.batch_size}"
+
+    def _ensure_tuned(self, mod, target, candidate: Candidate, ctx: TuneContext, folder: Path,
+                      threads: int) -> dict[str, Any]:
+        """Tune once per run folder and batch size; later builds (head-to-head, export) reuse the records."""
+        from tuners import tvm_tuning
+
+        marker = folder / "tuned.json"
+        if marker.exists():
+            return json.loads(marker.read_text())["details"]
+        shared = self.shared_database(ctx, tc.target_spec(ctx.target))
+        tvm_tuning.private_copy(shared, folder)
+        share = 1.0 if ctx.batch_size == self._search_batch(candidate, ctx) else SWEEP_TUNING_SHARE
+        seconds = float(candidate.config["tuning_s"]) * share
+        trials = max(8, int(int(candidate.config["max_trials"]) * share))
+        outcome = tvm_tuning.tune(tc.fused_module(mod, target), target, folder, trials, seconds, threads)
+        added = tvm_tuning.merge_records(folder, shared)
+        details = {**outcome.details(), "records_added": added}
+        partial = marker.with_suffix(".partial")
+        partial.write_text(json.dumps({"details": details, "tasks": outcome.task_table}, indent=1))
+        partial.replace(marker)
+        return details
+
+    @staticmethod
+    def _search_batch(candidate: Candidate, ctx: TuneContext) -> int:
+        return int(candidate.config.get("batch_size", 1))
+
+    # ---- export -------------------------------------------------------------------------------------------------
+
+    def export(self, candidate: Candidate, ctx: TuneContext, dest: Path) -> ExportedFiles:
+        """The compiled module as a shared library (weights bound inside), loadable with only the TVM runtime."""
+        import tvm
+
+        model = self.build(candidate, ctx)
+        assert isinstance(model, TvmCompiledModel)
+        dest.mkdir(parents=True, exist_ok=True)
+        library = dest / LIBRARY
+        model.executable.export_library(str(library))
+        spec = tc.target_spec(ctx.target)
+        settings = {"library": LIBRARY, "device": "cuda" if spec["kind"] == "cuda" else "cpu",
+                    "inputs": model.input_names, "target": tc.target_label(spec),
+                    "num_threads": int(candidate.config.get("num_threads", 0)),
+                    "tuned": bool(candidate.config.get("tuned")), "tvm_version": tvm.__version__}
+        (dest / "tvm_module.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        versions = self.versions()
+        return ExportedFiles(files=(library, dest / "tvm_module.json"), runtime={"tvm": settings},
+                             requirements=tuple(f"{name}=={version}" for name, version in versions.items()
+                                                if version != "unknown"))
+
+    def load_exported(self, folder: Path, runtime: dict):
+        import tvm
+        from tvm import relax
+
+        settings = runtime["tvm"]
+        if settings.get("num_threads"):
+            tc.set_runtime_threads(int(settings["num_threads"]))
+        device = tvm.cuda(0) if settings["device"] == "cuda" else tvm.cpu(0)
+        vm = relax.VirtualMachine(tvm.runtime.load_module(str(folder / settings["library"])), device)
+        main = vm["main"]
+        names = list(settings["inputs"])
+
+        def predict(feeds):
+            args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[name]), device) for name in names]
+            result = main(*args)
+            device.sync()
+            return tc.flatten_outputs(result)
+
+        return predict
+
+    def versions(self) -> dict[str, str]:
+        import tvm
+
+        return {"apache-tvm": _package_version("apache-tvm", tvm.__version__), "apache-tvm-ffi": tc.ffi_version()}
+
+
+def _package_version(name: str, fallback: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return fallback

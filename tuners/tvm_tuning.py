@@ -1,0 +1,371 @@
+"""MetaSchedule tuning within a wall-clock budget, and the tuning database kept between runs.
+
+Why it is shaped this way (measured on a 2-core machine, see ../shared/NOTES.md):
+- A naive `tune_relax(max_trials_global=N)` spends its trials on the first tasks in task order and none on the
+  heaviest ones. Here trials go to the tasks that carry the work: tasks are ranked by FLOPs x occurrences, the
+  smallest set covering most of the FLOPs is tuned, each gets trials in proportion to its share (with a floor),
+  heaviest first; the rest get a fallback schedule at build time (tuners/tvm_compile.py).
+- MetaSchedule stops on trial counts, not time: tasks are tuned in rounds (one MetaSchedule run per task and
+  round, sharing one cost model), and a measure callback ends the current run once the deadline passes.
+- The stock LocalBuilder starts a fresh worker pool for every batch of candidates, and each fresh worker spends
+  ~20-35 s importing TVM's tensor intrinsics: on 2 cores that is most of a small budget. Candidates are built in
+  this process instead; the whole tuning run is already isolated in a child process with a time-out, so a
+  compiler crash or hang fails the tuned trial, not the advisor.
+- The evolutionary search's default population (512, 4 generations) costs ~25 s per round here; a smaller one
+  finds the same order of speed-up in a small budget.
+
+The database: one MetaSchedule JSON database per TVM target under the cache dir (`CACHE/tvm/<target>/`), shared
+by all runs. A tuning run works on a private copy in its run folder, taken under a file lock, and merges its new
+records back under the same lock, so concurrent runs in different folders never write the same file, and a run
+killed mid-tuning still contributes its records at the next attempt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+WORKLOADS = "database_workload.json"
+RECORDS = "database_tuning_record.json"
+BASELINE = "baseline.json"  # how many record lines the private copy had when it was taken from the cache
+MIN_TRIALS_PER_TASK = 16
+TRIALS_PER_ROUND = 16
+FLOP_COVERAGE = 0.97  # tune the heaviest tasks that together carry this share of the FLOPs
+MIN_TASK_SHARE = 0.005  # a task under this share of the FLOPs is never worth a trial
+LOCK_TIMEOUT_S = 300
+
+log = logging.getLogger("advisor.tvm")
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """One extracted task and what this run spends on it."""
+
+    index: int  # position in the extracted task list
+    name: str
+    flops: float  # per call
+    weight: int  # calls per inference
+    existing_trials: int  # measured records already in the database
+    trials: int  # trials to run now (0: tuned enough already, or too small to tune)
+
+    @property
+    def work(self) -> float:
+        return self.flops * self.weight
+
+
+def plan_tasks(tasks: list[tuple[str, float, int, int]], max_trials: int) -> list[TaskPlan]:
+    """Share `max_trials` over tasks given as (name, flops, weight, existing trials).
+
+    The heaviest tasks covering FLOP_COVERAGE of the work are tuned (a task under MIN_TASK_SHARE never is), as
+    many as MIN_TRIALS_PER_TASK each allows; each gets trials in proportion to its work, at least the floor,
+    less the trials the database already has for it. Result in tuning order: heaviest first.
+    """
+    total = sum(flops * weight for _, flops, weight, _ in tasks) or 1.0
+    order = sorted(range(len(tasks)), key=lambda i: -tasks[i][1] * tasks[i][2])
+    capacity = max(1, max_trials // MIN_TRIALS_PER_TASK)
+    chosen, covered = [], 0.0
+    for i in order:
+        share = tasks[i][1] * tasks[i][2] / total
+        if covered >= FLOP_COVERAGE or share < MIN_TASK_SHARE or len(chosen) >= capacity:
+            break
+        chosen.append(i)
+        covered += share
+    chosen_work = sum(tasks[i][1] * tasks[i][2] for i in chosen) or 1.0
+    plans = []
+    for i in order:
+        name, flops, weight, existing = tasks[i]
+        trials = 0
+        if i in chosen:
+            wanted = max(MIN_TRIALS_PER_TASK, math.floor(max_trials * flops * weight / chosen_work))
+            trials = max(0, wanted - existing)
+        plans.append(TaskPlan(i, name, float(flops), int(weight), int(existing), trials))
+    return plans
+
+
+@dataclass
+class TuningOutcome:
+    """What a tuning run did, for the trial's details and the report's tuning-progress plot."""
+
+    tasks: int
+    tasks_tuned: int  # tasks given trials in this run
+    tasks_reused: int  # tasks planned for tuning whose records all came from the database
+    trials_used: int
+    tuning_time_s: float
+    stopped_by: str  # "plan" (every task got its share), "deadline", or "nothing to tune"
+    progress: list[list[Any]] = field(default_factory=list)  # [elapsed_s, trials, estimated ms]
+    task_table: list[dict[str, Any]] = field(default_factory=list)
+
+    def details(self) -> dict[str, Any]:
+        return {"tasks": self.tasks, "tasks_tuned": self.tasks_tuned, "tasks_reused": self.tasks_reused,
+                "trials_used": self.trials_used, "tuning_time_s": round(self.tuning_time_s, 2),
+                "stopped_by": self.stopped_by, "progress": self.progress}
+
+
+# ---- the shared database ------------------------------------------------------------------------------------------
+
+
+def cache_folder(cache_dir: Path, target_label: str) -> Path:
+    """CACHE/tvm/<readable target>-<hash>/: one database per TVM target (records are target-specific)."""
+    readable = "".join(c if c.isalnum() or c in "-_=" else "_" for c in target_label)[:60]
+    digest = hashlib.sha256(target_label.encode()).hexdigest()[:8]
+    return Path(cache_dir) / "tvm" / f"{readable}-{digest}"
+
+
+def _lines(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _lock(folder: Path):
+    from filelock import FileLock
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder / ".lock"), timeout=LOCK_TIMEOUT_S)
+
+
+def merge_records(private: Path, shared: Path) -> int:
+    """Append the private database's records that the shared one lacks (under the shared folder's lock).
+
+    Record lines are `[workload index, record]`; indices are remapped onto the shared workload file. Identity
+    is the exact workload line and record JSON, so merging twice adds nothing. Returns records added.
+    """
+    baseline = json.loads((private / BASELINE).read_text()).get("records", 0) if (private / BASELINE).exists() else 0
+    new_lines = _lines(private / RECORDS)[baseline:]
+    if not new_lines:
+        return 0
+    private_workloads = _lines(private / WORKLOADS)
+    with _lock(shared):
+        workloads = _lines(shared / WORKLOADS)
+        index_of = {line: i for i, line in enumerate(workloads)}
+        known = set()
+        for line in _lines(shared / RECORDS):
+            idx, record = json.loads(line)
+            known.add((workloads[idx], json.dumps(record, sort_keys=True)))
+        added_workloads, added_records = [], []
+        for line in new_lines:
+            try:
+                idx, record = json.loads(line)
+                workload = private_workloads[idx]
+            except (ValueError, IndexError, TypeError):
+                continue  # a torn last line of a killed run
+            key = (workload, json.dumps(record, sort_keys=True))
+            if key in known:
+                continue
+            known.add(key)
+            if workload not in index_of:
+                index_of[workload] = len(workloads) + len(added_workloads)
+                added_workloads.append(workload)
+            added_records.append(json.dumps([index_of[workload], record]))
+        _append(shared / WORKLOADS, added_workloads)
+        _append(shared / RECORDS, added_records)
+    (private / BASELINE).write_text(json.dumps({"records": len(_lines(private / RECORDS))}))
+    return len(added_records)
+
+
+def _append(path: Path, lines: list[str]) -> None:
+    if lines:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write("".join(line + "\n" for line in lines))
+            handle.flush()
+
+
+def private_copy(shared: Path, private: Path) -> Path:
+    """A private copy of the shared database for one tuning run. Records a killed earlier attempt left in the
+    private copy are merged into the shared database first, so nothing measured is lost."""
+    if (private / RECORDS).exists():
+        merge_records(private, shared)
+    private.mkdir(parents=True, exist_ok=True)
+    with _lock(shared):
+        for name in (WORKLOADS, RECORDS):
+            if (shared / name).exists():
+                shutil.copyfile(shared / name, private / name)
+            else:
+                (private / name).write_text("")
+    (private / BASELINE).write_text(json.dumps({"records": len(_lines(private / RECORDS))}))
+    return private
+
+
+# ---- tuning ---------------------------------------------------------------------------------------------------------
+
+
+def register_cpu_intrinsics_only(arch: str) -> None:
+    """Make `import tvm.s_tir.tensor_intrin` (done by every TuneContext) register only this CPU's intrinsics.
+
+    The package registers the tensor intrinsics of every target TVM knows: ~20 s on 2 cores, 14 s of it for
+    CUDA's, paid by every tuning run and every tuned build. A CPU build needs only x86's or Arm's. The package is
+    entered into sys.modules without running its __init__, and just the one submodule is imported.
+    """
+    import importlib
+    import importlib.util
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules:
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        return
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[name] = package
+    importlib.import_module(f"{name}.{'arm_cpu' if arch == 'aarch64' else 'x86'}")
+
+
+def _in_process_builder():
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
+
+    @derived_object
+    class InProcessBuilder(PyBuilder):
+        """Builds each candidate in this process (see the module docstring for why)."""
+
+        def build(self, build_inputs):
+            results = []
+            for build_input in build_inputs:
+                try:
+                    module = default_build(build_input.mod, build_input.target, None)
+                    results.append(BuilderResult(default_export(module), None))
+                except Exception as error:  # a candidate that does not compile is a failed measurement
+                    results.append(BuilderResult(None, f"build failed: {str(error)[:500]}"))
+            return results
+
+    return InProcessBuilder()
+
+
+def _mean_seconds(run_secs) -> float:
+    values = [float(value) for value in run_secs]
+    return sum(values) / len(values) if values else float("inf")
+
+
+class DeadlineReached(Exception):
+    """Raised from the measure callback to end a MetaSchedule run on time (MetaSchedule only counts trials)."""
+
+
+def _round_callback(deadline: float):
+    """A measure callback that records the best kernel time of each round and ends the run at the deadline.
+
+    Raising is the only safe way out: terminating a task from inside a callback trips MetaSchedule's own checks
+    (the scheduler joins a task's results and then runs that very task again). The records measured so far are
+    already in the database, since the default callbacks that commit them run first.
+    """
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class RoundCallback(PyMeasureCallback):
+        def __init__(self):
+            super().__init__()
+            self.trials = 0
+            self.best_s: float | None = None
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            self.trials += len(measure_candidates)
+            for result in runner_results:
+                if result.run_secs:
+                    seconds = _mean_seconds(result.run_secs)
+                    self.best_s = seconds if self.best_s is None else min(self.best_s, seconds)
+            if time.monotonic() >= deadline:
+                raise DeadlineReached()
+
+    return RoundCallback()
+
+
+def tune(mod, target, database_dir: Path, max_trials: int, seconds: float, threads: int,
+         on_progress: Callable | None = None) -> TuningOutcome:
+    """Tune the fused Relax module `mod` for `target` into the JSON database in `database_dir` (a private
+    copy), within `seconds` of wall clock and `max_trials` measured candidates.
+
+    Rounds of TRIALS_PER_ROUND trials go to each planned task in turn, heaviest first, so the heaviest tasks are
+    covered first and an early deadline leaves only the light ones to the fallback schedule. One cost model is
+    shared by all rounds and tasks. After every round the latency estimate (sum over tuned tasks of calls x
+    best kernel time) is recorded once every planned task has a measurement.
+    """
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    started = time.monotonic()
+    deadline = started + seconds
+    database = open_database(database_dir)
+    extracted = list(ms.relax_integration.extract_tasks(mod, target))
+    described, best_known = [], {}
+    for index, task in enumerate(extracted):
+        func = task.dispatched[0]
+        records = database.get_top_k(database.commit_workload(func), 10**6) if database.has_workload(func) else []
+        if records:
+            best_known[index] = min(_mean_seconds(record.run_secs) for record in records)
+        described.append((task.task_name, float(estimate_tir_flops(func)), int(task.weight), len(records)))
+    plans = plan_tasks(described, max_trials)
+    to_tune = [p for p in plans if p.trials > 0]
+    reused = sum(1 for p in plans if p.trials == 0 and p.existing_trials >= MIN_TRIALS_PER_TASK)
+    table = {p.index: {"name": p.name, "flops": p.flops, "weight": p.weight, "existing_trials": p.existing_trials,
+                       "trials": p.trials} for p in plans}
+    if not to_tune or time.monotonic() >= deadline:
+        return TuningOutcome(len(extracted), 0, reused, 0, time.monotonic() - started, "nothing to tune",
+                             task_table=list(table.values()))
+
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        [extracted[p.index] for p in to_tune], str(database_dir / "logs"), space="post-order-apply",
+        strategy=ms.search_strategy.EvolutionarySearch(population_size=128, init_min_unmeasured=32,
+                                                       genetic_num_iters=2),
+        num_threads=threads, seed=0)
+    builder = _in_process_builder()
+    runner = ms.runner.LocalRunner(timeout_sec=60, evaluator_config=ms.runner.EvaluatorConfig(
+        number=3, repeat=1, min_repeat_ms=40, enable_cpu_cache_flush=False))
+    cost_model = ms.CostModel.create("xgb", num_tuning_cores=threads, tree_method="auto")
+    remaining = [p.trials for p in to_tune]
+    used = [0] * len(to_tune)
+    best: list[float | None] = [best_known.get(p.index) for p in to_tune]
+    progress: list[list[Any]] = []
+    stopped_by = "plan"
+    while stopped_by == "plan" and any(remaining):
+        for i, plan in enumerate(to_tune):
+            if not remaining[i]:
+                continue
+            if time.monotonic() >= deadline:
+                stopped_by = "deadline"
+                break
+            count = min(TRIALS_PER_ROUND, remaining[i])
+            callback = _round_callback(deadline)
+            try:
+                ms.tune_tasks(tasks=[contexts[i]], task_weights=[weights[i]], work_dir=str(database_dir / "logs"),
+                              max_trials_global=count, max_trials_per_task=count, num_trials_per_iter=count,
+                              builder=builder, runner=runner, database=database, cost_model=cost_model,
+                              measure_callbacks=[*ms.MeasureCallback.create("default"), callback],
+                              task_scheduler="round-robin")
+            except Exception as error:
+                if "DeadlineReached" not in f"{type(error).__name__}: {error}" and time.monotonic() < deadline:
+                    raise
+                stopped_by = "deadline"
+            remaining[i] = 0 if callback.trials == 0 else max(0, remaining[i] - callback.trials)
+            used[i] += callback.trials
+            if callback.best_s is not None:
+                best[i] = callback.best_s if best[i] is None else min(best[i], callback.best_s)
+            if all(b is not None for b in best):
+                estimate_ms = sum(p.weight * b for p, b in zip(to_tune, best)) * 1000
+                point = [round(time.monotonic() - started, 2), sum(used), round(estimate_ms, 4)]
+                progress.append(point)
+                if on_progress:
+                    on_progress(point)
+            if stopped_by != "plan":
+                break
+    for i, plan in enumerate(to_tune):
+        table[plan.index]["trials_used"] = used[i]
+        table[plan.index]["best_us"] = round(best[i] * 1e6, 2) if best[i] is not None else None
+    return TuningOutcome(len(extracted), sum(1 for u in used if u), reused, sum(used), time.monotonic() - started,
+                         stopped_by, progress, list(table.values()))
+
+
+def open_database(database_dir: Path):
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.database.JSONDatabase(path_workload=str(database_dir / WORKLOADS),
+                                    path_tuning_record=str(database_dir / RECORDS))
