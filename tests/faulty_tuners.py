@@ -4,6 +4,7 @@ down: its candidates segfault, abort, hang, exhaust memory or raise, and a last 
 from __future__ import annotations
 
 import faults
+
 from tuners.base import Availability, ExportedFiles, StagedSearch, Tuner
 from tuners.onnxruntime import OnnxRuntimeTuner, stock_config
 
@@ -43,3 +44,32 @@ class FaultyTuner(Tuner):
 
     def load_exported(self, folder, runtime):
         return OnnxRuntimeTuner().load_exported(folder, runtime)
+
+
+class CrashingTvmTuner(Tuner):
+    """The TVM backend whose worker segfaults right after TVM has compiled the model (a crash inside TVM's
+    process, as a miscompiled kernel or a runtime bug would cause)."""
+
+    name = "crashtvm"
+
+    def __init__(self):
+        from tuners.tvm import TvmTuner
+
+        self.tvm = TvmTuner()
+
+    def availability(self, target):
+        return self.tvm.availability(target)
+
+    def search(self, ctx):
+        inner = self.tvm.search(ctx)
+        return StagedSearch("crashtvm", ctx.target.id, inner.ask()[0].config, [])
+
+    def build(self, candidate, ctx):
+        self.tvm.build(type(candidate)("tvm", candidate.target, dict(candidate.config)), ctx)
+        faults.segfault()
+
+    def export(self, candidate, ctx, dest) -> ExportedFiles:
+        raise RuntimeError("never exported: every build crashes")
+
+    def load_exported(self, folder, runtime):
+        raise RuntimeError("never exported")

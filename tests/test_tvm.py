@@ -1,0 +1,262 @@
+"""The TVM backend with real TVM: import, the untuned build, a tiny MetaSchedule run, database reuse and merging,
+an operator the frontend cannot convert, a crashing worker, and the exported library."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import models
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from advisor.executor import ExecutionLimits, MeasureJob, ensure_reference, load_reference, run_job
+from advisor.measure import HarnessSettings
+from advisor.model import ModelSpec, analyze
+from hwprofiles.targets import detect_targets
+from tuners import tvm_tuning
+from tuners.base import Candidate, TrialOutcome, TuneContext
+
+pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install 'advisor[tvm]')")
+pytestmark = pytest.mark.tvm
+
+from tuners.tvm import TvmTuner, tuning_plan  # noqa: E402  (needs the skip above first)
+
+FAST = HarnessSettings(warmup=1, min_iterations=5, min_time_s=0.05, max_time_s=1.0, bootstrap_resamples=200)
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def cpu():
+    return detect_targets()[0]
+
+
+@pytest.fixture(scope="module")
+def small_cnn(tmp_path_factory) -> Path:
+    """Small enough that a MetaSchedule round is quick, large enough that tuning visibly matters."""
+    return models.save(models.tiny_cnn(32, 8), tmp_path_factory.mktemp("tvm") / "cnn.onnx")
+
+
+def _ctx(path: Path, target, tmp_path: Path, budget_s: float = 40, **shapes) -> TuneContext:
+    info = analyze(ModelSpec(path, shapes))
+    return TuneContext(info=info, target=target, workdir=tmp_path / "work", cache_dir=tmp_path / "cache",
+                       budget_s=budget_s, tolerance=0.05)
+
+
+def _measure(candidates, ctx, tmp_path, phase="search", timeout_s=300):
+    data = ensure_reference(ctx.info, ctx.batch_size, tmp_path / "data", 120, None)
+    return run_job(MeasureJob(tuple(candidates), ctx, data, FAST), phase, ExecutionLimits(timeout_s, None, None))
+
+
+def _tuned(candidate: Candidate, seconds: int, trials: int) -> Candidate:
+    return Candidate("tvm", candidate.target, {**candidate.config, "tuned": True, "tuning": "meta_schedule",
+                                              "tuning_s": seconds, "max_trials": trials, "batch_size": 1})
+
+
+# ---- planning and the database, no TVM needed ------------------------------------------------------------------
+
+
+def test_plan_puts_trials_on_the_heaviest_tasks():
+    tasks = [("reshape", 0, 3, 0), ("conv_small", 1e6, 1, 0), ("conv_big", 1e8, 2, 0), ("softmax", 1e4, 1, 0),
+             ("matmul", 5e7, 1, 0)]
+    plans = tvm_tuning.plan_tasks(tasks, max_trials=64)
+    assert [p.name for p in plans][:2] == ["conv_big", "matmul"]  # heaviest first
+    trials = {p.name: p.trials for p in plans}
+    assert trials["conv_big"] > trials["matmul"] >= tvm_tuning.MIN_TRIALS_PER_TASK
+    assert trials["reshape"] == trials["softmax"] == 0  # under the minimum share: never worth a trial
+    assert sum(trials.values()) <= 64 + tvm_tuning.MIN_TRIALS_PER_TASK
+
+
+def test_plan_subtracts_trials_the_database_already_has():
+    fresh = {p.name: p.trials for p in tvm_tuning.plan_tasks([("a", 1e8, 1, 0), ("b", 1e8, 1, 0)], 64)}
+    known = {p.name: p for p in tvm_tuning.plan_tasks([("a", 1e8, 1, 100), ("b", 1e8, 1, 10)], 64)}
+    assert known["a"].trials == 0 and known["a"].existing_trials == 100
+    assert known["b"].trials == fresh["b"] - 10
+
+
+def test_plan_covers_no_more_tasks_than_the_budget_allows():
+    tasks = [(f"t{i}", 1e6, 1, 0) for i in range(20)]
+    tuned = [p for p in tvm_tuning.plan_tasks(tasks, max_trials=48) if p.trials]
+    assert len(tuned) == 48 // tvm_tuning.MIN_TRIALS_PER_TASK
+
+
+def test_tuning_plan_is_deterministic_and_bounded():
+    assert tuning_plan(100) == tuning_plan(100)
+    assert tuning_plan(1)["tuning_s"] >= 20 and tuning_plan(1)["max_trials"] >= 8
+
+
+def _write_db(folder: Path, workloads: list[str], records: list[tuple[int, dict]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / tvm_tuning.WORKLOADS).write_text("".join(w + "\n" for w in workloads))
+    (folder / tvm_tuning.RECORDS).write_text("".join(json.dumps([i, r]) + "\n" for i, r in records))
+
+
+def test_merge_remaps_workloads_and_is_idempotent(tmp_path):
+    shared, private = tmp_path / "shared", tmp_path / "private"
+    _write_db(shared, ['["1","A"]'], [(0, {"t": "a1"})])
+    tvm_tuning.private_copy(shared, private)
+    # this run adds a workload B and records for A and B, and a killed run's torn last line
+    with open(private / tvm_tuning.WORKLOADS, "a") as handle:
+        handle.write('["2","B"]\n')
+    with open(private / tvm_tuning.RECORDS, "a") as handle:
+        handle.write(json.dumps([1, {"t": "b1"}]) + "\n" + json.dumps([0, {"t": "a2"}]) + "\n" + '[1, {"t": "b')
+    # meanwhile another run merged workload C first, so B must get index 2 in the shared file
+    with open(shared / tvm_tuning.WORKLOADS, "a") as handle:
+        handle.write('["3","C"]\n')
+    assert tvm_tuning.merge_records(private, shared) == 2
+    assert tvm_tuning.merge_records(private, shared) == 0
+    workloads = (shared / tvm_tuning.WORKLOADS).read_text().splitlines()
+    records = [json.loads(line) for line in (shared / tvm_tuning.RECORDS).read_text().splitlines()]
+    assert workloads == ['["1","A"]', '["3","C"]', '["2","B"]']
+    assert [(workloads[i], r["t"]) for i, r in records] == [('["1","A"]', "a1"), ('["2","B"]', "b1"),
+                                                            ('["1","A"]', "a2")]
+
+
+def _merge_many(shared: str, private: str, tag: str) -> None:
+    folder = Path(private)
+    tvm_tuning.private_copy(Path(shared), folder)
+    with open(folder / tvm_tuning.WORKLOADS, "a") as handle:
+        handle.write(f'["{tag}","W{tag}"]\n')
+    count = len((folder / tvm_tuning.WORKLOADS).read_text().splitlines()) - 1
+    with open(folder / tvm_tuning.RECORDS, "a") as handle:
+        for i in range(50):
+            handle.write(json.dumps([count, {"t": f"{tag}{i}"}]) + "\n")
+    tvm_tuning.merge_records(folder, Path(shared))
+
+
+def test_concurrent_runs_merge_into_the_shared_database_safely(tmp_path):
+    shared = tmp_path / "shared"
+    _write_db(shared, [], [])
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_merge_many, args=(str(shared), str(tmp_path / f"p{i}"), str(i)))
+               for i in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    workloads = (shared / tvm_tuning.WORKLOADS).read_text().splitlines()
+    records = [json.loads(line) for line in (shared / tvm_tuning.RECORDS).read_text().splitlines()]
+    assert sorted(workloads) == [f'["{i}","W{i}"]' for i in range(4)]
+    assert len(records) == 200
+    for index, record in records:  # every record points at its own workload
+        assert workloads[index] == f'["{record["t"][0]}","W{record["t"][0]}"]'
+
+
+# ---- real TVM ---------------------------------------------------------------------------------------------------
+
+
+def test_available_on_cpu_with_a_target_for_this_cpu(cpu, small_cnn, tmp_path):
+    assert TvmTuner().availability(cpu).available
+    search = TvmTuner().search(_ctx(small_cnn, cpu, tmp_path))
+    untuned = search.ask()
+    assert [c.config["tuned"] for c in untuned] == [False]
+    assert untuned[0].config["target"].startswith("llvm")
+    if cpu.cpu.microarchitecture != "generic":
+        assert f"mcpu={cpu.cpu.microarchitecture}" in untuned[0].config["target"]
+    search.tell(TrialOutcome(untuned[0], True, 10.0))
+    tuned = search.ask()
+    assert [c.config["tuned"] for c in tuned] == [True] and tuned[0].config["tuning"] == "meta_schedule"
+    assert search.ask() == []
+
+
+def test_untuned_build_matches_the_reference(cpu, encoder_path, tmp_path):
+    """The transformer encoder has symbolic batch and sequence axes: the import must make them static first."""
+    ctx = _ctx(encoder_path, cpu, tmp_path, input_ids=(1, 16), attention_mask=(1, 16))
+    candidate = TvmTuner().search(ctx).ask()[0]
+    [trial] = _measure([candidate], ctx, tmp_path)
+    assert trial.status == "ok", trial.reason
+    assert trial.max_rel_error < 1e-3 and trial.latency.n >= 5
+    assert trial.details["tuned"] is False
+
+
+def test_tiny_tuning_run_then_reuse_from_the_database(cpu, small_cnn, tmp_path):
+    ctx = _ctx(small_cnn, cpu, tmp_path / "run1")
+    untuned = TvmTuner().search(ctx).ask()[0]
+    tuned = _tuned(untuned, seconds=25, trials=16)
+    first, base = _measure([tuned, untuned], ctx, tmp_path / "run1")
+    assert first.status == "ok" and base.status == "ok", (first.reason, base.reason)
+    details = first.details
+    assert details["tuned"] and details["trials_used"] > 0 and details["records_added"] == details["trials_used"]
+    assert details["tasks_tuned"] >= 1 and details["functions_from_database"] >= 1
+    assert details["progress"] and details["progress"][-1][1] == details["trials_used"]
+    assert first.latency.p50 < base.latency.p50, "a tuned build must beat the untuned one it is timed against"
+    shared = Path(details["database"])
+    assert shared.is_relative_to(ctx.cache_dir) and (shared / tvm_tuning.RECORDS).stat().st_size > 0
+
+    # a second run in another folder finds every planned task in the shared database: nothing left to tune
+    ctx2 = replace(ctx, workdir=tmp_path / "run2" / "work")
+    [second] = _measure([tuned], ctx2, tmp_path / "run2")
+    assert second.status == "ok", second.reason
+    assert second.details["trials_used"] == 0 and second.details["stopped_by"] == "nothing to tune"
+    assert second.details["tasks_reused"] >= 1 and second.details["functions_from_database"] >= 1
+    assert second.details["tuning_time_s"] < details["tuning_time_s"] / 2
+
+    # the head-to-head of the same run rebuilds from its records, never tuning again
+    [again] = _measure([tuned], ctx2, tmp_path / "run2", phase="confirm")
+    assert again.status == "ok" and again.details["tuning_time_s"] == second.details["tuning_time_s"]
+
+    # the exported library loads and runs with the TVM runtime alone, and agrees with the reference
+    dest = tmp_path / "export"
+    files = _export_in_child(tuned, ctx2, dest)
+    assert (dest / "model.so").exists() and files["runtime"]["tvm"]["tuned"] is True
+    feeds, reference = load_reference(ensure_reference(ctx2.info, 1, tmp_path / "run2" / "data", 60, None))
+    np.savez(tmp_path / "feeds.npz", **feeds)
+    script = ("import json, sys, numpy as np; from tuners.tvm import TvmTuner; "
+              "predict = TvmTuner().load_exported(__import__('pathlib').Path(sys.argv[1]), json.loads(sys.argv[2])); "
+              "feeds = dict(np.load(sys.argv[3])); out = predict(feeds); np.save(sys.argv[4], out[0])")
+    subprocess.run([sys.executable, "-c", script, str(dest), json.dumps(files["runtime"]), str(tmp_path / "feeds.npz"),
+                    str(tmp_path / "out.npy")], check=True, cwd=REPO, timeout=120)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), reference[0], rtol=1e-3, atol=1e-4)
+
+
+def _export_in_child(candidate, ctx, dest) -> dict:
+    from advisor.isolation import run_isolated
+
+    result = run_isolated(_export, (candidate, ctx, dest), timeout_s=300)
+    assert result.ok, result.reason
+    return result.value
+
+
+def _export(candidate, ctx, dest) -> dict:
+    exported = TvmTuner().export(candidate, ctx, dest)
+    return {"files": [str(f) for f in exported.files], "runtime": exported.runtime,
+            "requirements": list(exported.requirements)}
+
+
+def test_unsupported_operator_fails_the_candidate_with_its_name(cpu, tmp_path):
+    """Celu runs in ONNX Runtime (so the reference exists) but the Relax frontend has no converter for it."""
+    node = helper.make_node("Celu", ["x"], ["y"], alpha=0.5)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
+    path = tmp_path / "celu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    ctx = _ctx(path, cpu, tmp_path)
+    [trial] = _measure(TvmTuner().search(ctx).ask(), ctx, tmp_path)
+    assert trial.status == "failed"
+    assert "cannot convert" in trial.reason and "Celu" in trial.reason
+
+
+def test_a_crashing_tvm_worker_is_a_failed_trial(cpu, small_cnn, tmp_path):
+    """TVM code that segfaults inside the worker (a plugin backend built on the TVM one) fails only its trial."""
+    env = {**os.environ, "ADVISOR_TUNERS": "crashtvm=faulty_tuners:CrashingTvmTuner",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-c", "from advisor.cli import main; main()", "recommend",
+                             str(small_cnn), "--slo", "1s",
+                             "--backends", "onnxruntime,crashtvm", "--budget", "25s", "--min-time", "0.05s",
+                             "--batch-sizes", "1", "--no-artifact", "-q", "--out", str(out)],
+                            env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    crashed = [t for t in report["trials"] if t["backend"] == "crashtvm"]
+    assert crashed and all(t["status"] == "failed" for t in crashed)
+    assert "SIGSEGV" in crashed[0]["reason"]
+    assert any(t["backend"] == "onnxruntime" and t["status"] == "ok" for t in report["trials"])
