@@ -279,10 +279,19 @@ def _round_callback(deadline: float):
     return RoundCallback()
 
 
+def local_runner():
+    """Measures candidates on this machine, in one worker process kept for the whole run."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.runner.LocalRunner(timeout_sec=60, evaluator_config=ms.runner.EvaluatorConfig(
+        number=3, repeat=1, min_repeat_ms=40, enable_cpu_cache_flush=False))
+
+
 def tune(mod, target, database_dir: Path, max_trials: int, seconds: float, threads: int,
-         on_progress: Callable | None = None) -> TuningOutcome:
+         on_progress: Callable | None = None, runner=None) -> TuningOutcome:
     """Tune the fused Relax module `mod` for `target` into the JSON database in `database_dir` (a private
-    copy), within `seconds` of wall clock and `max_trials` measured candidates.
+    copy), within `seconds` of wall clock and `max_trials` measured candidates. `runner` measures candidates
+    (default: this machine; an RPC runner measures on a remote device).
 
     Rounds of TRIALS_PER_ROUND trials go to each planned task in turn, heaviest first, so the heaviest tasks are
     covered first and an early deadline leaves only the light ones to the fallback schedule. One cost model is
@@ -318,8 +327,7 @@ def tune(mod, target, database_dir: Path, max_trials: int, seconds: float, threa
                                                        genetic_num_iters=2),
         num_threads=threads, seed=0)
     builder = _in_process_builder()
-    runner = ms.runner.LocalRunner(timeout_sec=60, evaluator_config=ms.runner.EvaluatorConfig(
-        number=3, repeat=1, min_repeat_ms=40, enable_cpu_cache_flush=False))
+    runner = runner or local_runner()
     cost_model = ms.CostModel.create("xgb", num_tuning_cores=threads, tree_method="auto")
     remaining = [p.trials for p in to_tune]
     used = [0] * len(to_tune)
