@@ -1,23 +1,43 @@
-"""Latency on hardware that was not measured: a roofline whose efficiency terms are learned from measurements.
+"""Latency on hardware that was not measured: a per-operator-class roofline whose efficiency terms are learned.
 
-    latency_ms = a * compute_ms + b * memory_ms + c
-    compute_ms = FLOPs / (peak FLOP/s available to the run),  memory_ms = bytes moved / (memory bandwidth)
+For one inference of work W (the model analysis at a batch size) on hardware H with t intra-op threads:
 
-a and b (inverse efficiencies) and c (fixed overhead) are fitted with scikit-learn (non-negative least squares)
-over every measurement of a reference target: different thread counts change the available peak and different
-batch sizes change FLOPs and bytes, so the fit sees the model's compute- and memory-bound behaviour. An estimate
-for another instance is anchored on a real measurement:
+    latency_ms = amdahl(t) * kernel_ms  +  per_node_ms * nodes  +  fixed_ms
 
-    estimate(instance) = measured(reference) * model(instance figures) / model(reference figures)
+    kernel_ms  = a_conv   * conv FLOPs   / per-core peak                    (compute-bound classes: by FLOPs)
+               + a_matmul * matmul FLOPs / per-core peak                    (MatMul, Gemm, attention)
+               + b        * bytes of the memory-bound classes / per-core bandwidth   (elementwise, norms, pools, ...)
+    amdahl(t)  = (1 - p) + p / min(t, cores)                                (p: parallel fraction of the kernels)
 
-and its interval combines the fit's bootstrap residual spread with a cross-hardware factor (judgement, not
-learned: documented in docs/costmodel.md), because peak figures explain only part of the difference between
-machines.
+FLOPs and bytes come from advisor.opcost (per node, summed per operator class, at batch 1) scaled by the batch
+size; `nodes` counts the graph's operators, whose fixed dispatch cost dominates tiny models; per-core figures
+are the machine's peak and bandwidth over its cores. a_conv, a_matmul and b are inverse efficiencies.
+
+Fit (scikit-learn `LinearRegression(positive=True)`, i.e. non-negative least squares): on relative error
+(sample weight 1 / latency^2), once per parallel fraction p on a grid; the p with the smallest error wins. When
+the observations were profiled (ONNX Runtime's profiler, trial details `op_class_ms`), each profiled class group
+adds a row of its own: its kernel time against its own term alone. That separates conv from matmul from memory
+time, which total latencies cannot when they all grow with the batch together (one model's trials), and which
+decides how an estimate moves between machines whose peak and bandwidth differ in different proportions.
+Without two thread counts p cannot be learned: PRIOR_PARALLEL_FRACTION is used, the serial terms are left out
+(at one thread count they cannot be told from batch-independent kernel time such as reading the weights; the
+prior's 1 - p stands for them) and the band is widened by PRIOR_BAND_FACTOR. With fewer than three observations
+the fit falls back to one scale on the kernel terms, with the prior thread scaling.
+
+An estimate for another instance is anchored on a real measurement of the same candidate:
+
+    estimate(instance) = measured(reference) * model(instance, its threads) / model(reference, threads used)
+
+and its interval is the measured interval x the fit's residual band (2.5-97.5 % of leave-one-out ratios of
+measured to predicted) x a cross-hardware factor (judgement, not learned: docs/costmodel.md), because peak figures
+explain only part of the difference between machines.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import collections
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,6 +54,31 @@ FLOP_PER_CYCLE_PER_CORE = (("avx512f", 64), ("avx2", 32), ("sve", 32), ("neon", 
 ASSUMED_GHZ = 3.0
 ASSUMED_BANDWIDTH_PER_CORE_GBS = 6.0
 
+# Operator classes (advisor.opcost.op_class) behind each kernel term. Data movement (reshape, gather, ...) costs
+# its dispatch in the per-node terms and no bytes (opcost counts a Gather's whole embedding table as moved);
+# "other" (operators opcost does not know) has no work figures at all.
+KERNEL_TERMS: dict[str, tuple[str, ...]] = {
+    "conv": ("conv",),
+    "matmul": ("matmul", "attention"),
+    "memory": ("elementwise", "normalization", "pooling", "reduction"),
+    "weights": (),  # reading the weights once per inference: weight bytes / per-core bandwidth, not batch-scaled
+}
+# Profiled kernel time per term. ONNX Runtime's fused kernels outside opcost's classes (FusedGemm above all) land
+# in "other" and are counted as matmul time.
+PROFILE_CLASSES: dict[str, tuple[str, ...]] = {
+    "conv": ("conv",), "matmul": ("matmul", "attention", "other"),
+    "memory": ("elementwise", "normalization", "pooling", "reduction"),
+}
+SERIAL_TERMS = ("per_node", "per_node_parallel", "fixed")  # ms per node; ms per node x (1 - 1/cores used); ms
+TERMS = (*KERNEL_TERMS, *SERIAL_TERMS)
+PARALLEL_GRID = np.linspace(0.0, 1.0, 41)
+# Intra-op threads 2 vs 1 gave ~1.7x on the models tried (docs/NOTES): 1 / ((1 - p) + p / 2) = 1.7 -> p = 0.82.
+PRIOR_PARALLEL_FRACTION = 0.82
+# 2 threads vs 1 ran 1.4-2.0x on six of the seven bench models (an MLP whose weights fit two cores' caches: 3x):
+# where the prior stands in for a learned p, the residual band is widened by this much (judgement).
+PRIOR_BAND_FACTOR = 1.2
+PROFILE_ROW_WEIGHT = 1.0  # a profiled class time counts as much as a total latency
+
 
 @dataclass(frozen=True)
 class Hardware:
@@ -45,10 +90,13 @@ class Hardware:
     family: str  # "x86-intel", "x86-amd", "arm", "gpu"
     microarchitecture: str
 
+    def parallel(self, threads: int) -> int:
+        """Cores a run with `threads` intra-op threads keeps busy (0: all of them)."""
+        return self.cores if threads <= 0 else max(1, min(threads, self.cores))
+
     def available_gflops(self, threads: int) -> float:
         """Peak available to a run using `threads` cores (0: all)."""
-        used = self.cores if threads <= 0 else min(threads, self.cores)
-        return self.peak_gflops * used / self.cores
+        return self.peak_gflops * self.parallel(threads) / self.cores
 
 
 def derived_cpu_hardware(isa: tuple[str, ...], cores: int, vendor: str, microarchitecture: str) -> Hardware:
@@ -77,65 +125,189 @@ def relation(reference: Hardware, other: Hardware) -> str:
 
 
 @dataclass(frozen=True)
-class Observation:
-    flops: float
-    bytes: float
-    gflops_available: float
-    bandwidth_gbs: float
-    latency_ms: float
+class Work:
+    """What one inference asks of the machine: the model analysis at batch size 1, and the batch size."""
 
+    flops_by_class: Mapping[str, float]
+    bytes_by_class: Mapping[str, float]
+    nodes_by_class: Mapping[str, int]
+    weight_bytes: float = 0.0
+    batch: int = 1
 
-def _features(flops, nbytes, gflops, bandwidth) -> np.ndarray:
-    compute_ms = np.asarray(flops, dtype=float) / (np.asarray(gflops, dtype=float) * 1e9) * 1e3
-    memory_ms = np.asarray(nbytes, dtype=float) / (np.asarray(bandwidth, dtype=float) * 1e9) * 1e3
-    return np.column_stack([compute_ms, memory_ms])
+    @classmethod
+    def of(cls, info, batch: int) -> Work:
+        """From an advisor.model.ModelInfo at one batch size."""
+        nodes = collections.Counter(cost.op_class for cost in info.node_costs)
+        return cls(dict(info.flops_by_class), dict(info.bytes_by_class), dict(nodes), float(info.weight_bytes), batch)
+
+    def flops(self, term: str) -> float:
+        return sum(self.flops_by_class.get(c, 0) for c in KERNEL_TERMS[term]) * self.batch
+
+    def memory_bytes(self) -> float:
+        # activations of the memory-bound classes grow with the batch (their weights: biases, scales, are small)
+        return sum(self.bytes_by_class.get(c, 0) for c in KERNEL_TERMS["memory"]) * self.batch
+
+    def nodes(self) -> int:
+        """Operators that run: data movement (reshape, constants, shape arithmetic) is mostly folded away."""
+        return sum(n for c, n in self.nodes_by_class.items() if c != "data_movement")
+
+    def to_dict(self) -> dict:
+        return {"flops_by_class": dict(self.flops_by_class), "bytes_by_class": dict(self.bytes_by_class),
+                "nodes_by_class": dict(self.nodes_by_class), "weight_bytes": self.weight_bytes, "batch": self.batch}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Work:
+        return cls(dict(data["flops_by_class"]), dict(data["bytes_by_class"]), dict(data["nodes_by_class"]),
+                   float(data.get("weight_bytes", 0.0)), int(data.get("batch", 1)))
 
 
 @dataclass(frozen=True)
-class RooflineModel:
-    compute_coef: float  # 1 / compute efficiency
-    memory_coef: float  # 1 / bandwidth efficiency
-    overhead_ms: float
-    residual_band: tuple[float, float]  # (low, high) multiplicative band of measured / fitted, 95 %
+class Observation:
+    """One measurement: the work, the threads it ran with (0: all cores), where, and its median latency."""
+
+    work: Work
+    threads: int
+    hardware: Hardware
+    latency_ms: float
+    class_ms: Mapping[str, float] | None = None  # profiler kernel time per operator class, when recorded
+
+
+def kernel_ms(work: Work, hardware: Hardware) -> dict[str, float]:
+    """Each kernel term at 100 % efficiency on one core: FLOPs / per-core peak, bytes / per-core bandwidth."""
+    per_core_gflops = hardware.peak_gflops / hardware.cores
+    per_core_gbs = hardware.bandwidth_gbs / hardware.cores
+    return {"conv": work.flops("conv") / (per_core_gflops * 1e6),
+            "matmul": work.flops("matmul") / (per_core_gflops * 1e6),
+            "memory": work.memory_bytes() / (per_core_gbs * 1e6),
+            "weights": work.weight_bytes / (per_core_gbs * 1e6)}
+
+
+def amdahl(parallel_fraction: float, cores_used: int) -> float:
+    """Fraction of the single-thread kernel time left when `cores_used` cores share the parallel part."""
+    return (1.0 - parallel_fraction) + parallel_fraction / cores_used
+
+
+def _row(work: Work, threads: int, hardware: Hardware, parallel_fraction: float) -> np.ndarray:
+    cores = hardware.parallel(threads)
+    scale = amdahl(parallel_fraction, cores)
+    kernels = kernel_ms(work, hardware)
+    nodes = float(work.nodes())
+    return np.array([*(scale * kernels[term] for term in KERNEL_TERMS), nodes, nodes * (1.0 - 1.0 / cores), 1.0])
+
+
+def _design(observations: Sequence[Observation], parallel_fraction: float, serial: bool):
+    """Rows of the regression: one per total latency, plus one per profiled kernel term (weights: relative).
+    Without `serial` the serial terms' columns are zero, so their coefficients stay 0."""
+    mask = np.array([serial or term not in SERIAL_TERMS for term in TERMS], dtype=float)
+    rows, targets, weights = [], [], []
+    for obs in observations:
+        row = _row(obs.work, obs.threads, obs.hardware, parallel_fraction) * mask
+        rows.append(row)
+        targets.append(obs.latency_ms)
+        weights.append(1.0 / obs.latency_ms ** 2)
+        if not obs.class_ms:
+            continue
+        for term, classes in PROFILE_CLASSES.items():
+            index = TERMS.index(term)
+            measured = sum(obs.class_ms.get(c, 0.0) for c in classes)
+            if row[index] > 0 and measured > 0:
+                alone = np.zeros(len(TERMS))
+                alone[index] = row[index]
+                rows.append(alone)
+                targets.append(measured)
+                weights.append(PROFILE_ROW_WEIGHT / obs.latency_ms ** 2)
+    return np.array(rows), np.array(targets), np.array(weights)
+
+
+def _solve(observations: Sequence[Observation], parallel_fraction: float,
+           serial: bool = True) -> tuple[np.ndarray, float]:
+    """Non-negative coefficients for one parallel fraction, and the relative squared error of the totals."""
+    from sklearn.linear_model import LinearRegression
+
+    x, y, w = _design(observations, parallel_fraction, serial)
+    coef = LinearRegression(positive=True, fit_intercept=False).fit(x, y, sample_weight=w).coef_
+    totals = np.array([_row(o.work, o.threads, o.hardware, parallel_fraction) for o in observations])
+    measured = np.array([o.latency_ms for o in observations])
+    return coef, float(np.sum(((totals @ coef) - measured) ** 2 / measured ** 2))
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    coefficients: dict[str, float]  # TERMS -> fitted coefficient (kernel terms: inverse efficiency; else ms)
+    parallel_fraction: float
+    residual_band: tuple[float, float]  # (low, high) multiplicative band of measured / predicted, 95 %
     n: int
+    method: str = "learned per-class roofline with Amdahl thread scaling (non-negative least squares)"
+    profiled: int = 0  # observations that brought a per-class profile
+    notes: tuple[str, ...] = field(default=())
 
     @classmethod
-    def fit(cls, observations: list[Observation], seed: int = 0) -> RooflineModel:
-        from sklearn.linear_model import LinearRegression
+    def fit(cls, observations: Sequence[Observation]) -> LatencyModel:
+        observations = list(observations)
+        profiled = sum(1 for o in observations if o.class_ms)
+        if len(observations) < 3:
+            return cls._one_scale(observations, profiled)
+        if len({o.hardware.parallel(o.threads) for o in observations}) > 1:
+            fits = [(_solve(observations, p), p) for p in PARALLEL_GRID]
+            (coef, _), parallel_fraction = min(fits, key=lambda fit: fit[0][1])
+            serial, widen, notes = True, 1.0, ()
+        else:
+            # serial time cannot be told from parallel time at one thread count: the prior's (1 - p) stands for it
+            parallel_fraction, serial, widen = PRIOR_PARALLEL_FRACTION, False, PRIOR_BAND_FACTOR
+            coef, _ = _solve(observations, parallel_fraction, serial)
+            notes = (f"one thread count measured: parallel fraction {PRIOR_PARALLEL_FRACTION} assumed, "
+                     f"band widened x{PRIOR_BAND_FACTOR}",)
+        low, high = _loo_band(observations, parallel_fraction, serial)
+        return cls(dict(zip(TERMS, map(float, coef))), float(parallel_fraction), (low / widen, high * widen),
+                   len(observations), profiled=profiled, notes=notes)
 
-        x = _features([o.flops for o in observations], [o.bytes for o in observations],
-                      [o.gflops_available for o in observations], [o.bandwidth_gbs for o in observations])
-        y = np.array([o.latency_ms for o in observations])
-        if len(observations) < 3 or np.allclose(x[:, 0], x[0, 0]):
-            # too few distinct points to separate the terms: one efficiency on the compute roofline
-            scale = float(np.median(y / np.maximum(x[:, 0] + x[:, 1], 1e-12)))
-            return cls(scale, 0.0, 0.0, (1.0, 1.0), len(observations))
-        regression = LinearRegression(positive=True).fit(x, y)
-        fitted = np.maximum(regression.predict(x), 1e-9)
-        ratios = y / fitted
-        rng = np.random.default_rng(seed)
-        boot = rng.choice(ratios, size=(500, ratios.size), replace=True)
-        band = (float(np.quantile(boot.min(axis=1), 0.5)), float(np.quantile(boot.max(axis=1), 0.5)))
-        return cls(float(regression.coef_[0]), float(regression.coef_[1]), float(max(regression.intercept_, 0.0)),
-                   (min(band[0], 1.0), max(band[1], 1.0)), len(observations))
+    @classmethod
+    def _one_scale(cls, observations: list[Observation], profiled: int) -> LatencyModel:
+        """Too few points to separate terms: every kernel term at one efficiency, the prior thread scaling."""
+        unit = {term: 1.0 for term in KERNEL_TERMS} | {term: 0.0 for term in SERIAL_TERMS}
+        prior = cls(unit, PRIOR_PARALLEL_FRACTION, (1.0, 1.0), len(observations))
+        ratios = [o.latency_ms / max(prior.predict_ms(o.work, o.threads, o.hardware), 1e-12) for o in observations]
+        scale = float(np.median(ratios)) if ratios else 1.0
+        return cls({term: scale for term in KERNEL_TERMS} | {term: 0.0 for term in SERIAL_TERMS},
+                   PRIOR_PARALLEL_FRACTION, (1.0, 1.0), len(observations), profiled=profiled,
+                   notes=("too few observations: one efficiency on all kernel terms, prior thread scaling",))
 
-    def predict_ms(self, flops: float, nbytes: float, gflops: float, bandwidth: float) -> float:
-        compute, memory = _features([flops], [nbytes], [gflops], [bandwidth])[0]
-        return self.compute_coef * compute + self.memory_coef * memory + self.overhead_ms
+    def predict_ms(self, work: Work, threads: int, hardware: Hardware) -> float:
+        row = _row(work, threads, hardware, self.parallel_fraction)
+        return float(row @ np.array([self.coefficients[t] for t in TERMS]))
+
+    def ratio(self, work_from: Work, threads_from: int, hardware_from: Hardware, work_to: Work, threads_to: int,
+              hardware_to: Hardware) -> float:
+        """How much longer (>1) or shorter one run takes than another, by the model."""
+        return self.predict_ms(work_to, threads_to, hardware_to) / max(
+            self.predict_ms(work_from, threads_from, hardware_from), 1e-12)
 
     def to_dict(self) -> dict:
-        return {"method": "learned roofline (non-negative least squares)", "compute_coef": self.compute_coef,
-                "memory_coef": self.memory_coef, "overhead_ms": self.overhead_ms,
-                "residual_band": list(self.residual_band), "observations": self.n}
+        return {"method": self.method, "coefficients": dict(self.coefficients),
+                "parallel_fraction": self.parallel_fraction, "residual_band": list(self.residual_band),
+                "observations": self.n, "profiled_observations": self.profiled, "notes": list(self.notes)}
 
 
-def transfer(measured_ms: float, interval: tuple[float, float], model: RooflineModel, flops: float, nbytes: float,
-             reference: Hardware, reference_threads: int, other: Hardware) -> tuple[float, tuple[float, float], str]:
+def _loo_band(observations: list[Observation], parallel_fraction: float, serial: bool) -> tuple[float, float]:
+    """2.5-97.5 % of measured / predicted with each observation left out of the fit (at the chosen p)."""
+    ratios = []
+    for index, held in enumerate(observations):
+        rest = observations[:index] + observations[index + 1:]
+        coef, _ = _solve(rest, parallel_fraction, serial)
+        predicted = float(_row(held.work, held.threads, held.hardware, parallel_fraction) @ coef)
+        if predicted > 0:
+            ratios.append(held.latency_ms / predicted)
+    if not ratios:
+        return 1.0, 1.0
+    low, high = np.quantile(ratios, [0.025, 0.975])
+    return min(float(low), 1.0), max(float(high), 1.0)
+
+
+def transfer(measured_ms: float, interval: tuple[float, float], model: LatencyModel, work: Work,
+             reference: Hardware, reference_threads: int, other: Hardware,
+             other_threads: int = 0) -> tuple[float, tuple[float, float], str]:
     """Move a measurement from the reference machine to another: point estimate, interval, relation."""
-    at_reference = model.predict_ms(flops, nbytes, reference.available_gflops(reference_threads),
-                                    reference.bandwidth_gbs)
-    at_other = model.predict_ms(flops, nbytes, other.peak_gflops, other.bandwidth_gbs)
-    scale = at_other / max(at_reference, 1e-12)
+    scale = model.ratio(work, reference_threads, reference, work, other_threads, other)
     kind = relation(reference, other)
     factor = CROSS_HARDWARE_FACTOR[kind]
     low = interval[0] * scale * model.residual_band[0] / factor

@@ -10,8 +10,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from advisor.costmodel import (CROSS_HARDWARE_FACTOR, Hardware, Observation, RooflineModel, derived_cpu_hardware,
-                               family_of, transfer)
+from advisor.costmodel import (CROSS_HARDWARE_FACTOR, Hardware, LatencyModel, Observation, Work,
+                               derived_cpu_hardware, family_of, transfer)
 from advisor.model import ModelInfo
 from advisor.sizing import (batching_window_ms, cost_per_million, instances_needed, memory_needed_gib, monthly_cost,
                             throughput_per_s)
@@ -129,10 +129,18 @@ def matches(instance: Instance, target: Target) -> bool:
 
 
 def target_hardware(target: Target, catalog: Catalog) -> tuple[Hardware, str]:
-    """The measured machine's figures: from a matching catalogue entry, else derived from its ISA."""
+    """The measured machine's figures: a matching catalogue entry's per-core figures times the cores this machine
+    shows (a VM may show its vCPUs as cores where the instance type counts SMT siblings), else derived from its ISA.
+    """
     match = next((i for i in catalog.instances if matches(i, target)), None)
     if match is not None:
-        return instance_hardware(match), f"catalogue entry {match.name}"
+        listed = instance_hardware(match)
+        if target.kind == "cuda" or target.cpu.physical_cores == listed.cores:
+            return listed, f"catalogue entry {match.name}"
+        cores = target.cpu.physical_cores
+        return (Hardware(listed.peak_gflops / listed.cores * cores, listed.bandwidth_gbs / listed.cores * cores,
+                         cores, listed.family, listed.microarchitecture),
+                f"catalogue entry {match.name}, per-core figures x {cores} cores")
     if target.kind == "cuda":
         return Hardware(10_000.0, 500.0, 1, "gpu", target.gpu.name if target.gpu else "gpu"), "assumed GPU figures"
     cpu = target.cpu
@@ -152,45 +160,59 @@ def _measured_figure(trial: Trial, percentile: str) -> _Figure:
 
 
 class _Estimator:
-    """Fits one roofline per measured target and moves its measurements to other hardware."""
+    """Fits one latency model per measured target and backend, and moves measurements to other hardware."""
 
     def __init__(self, inputs: RankingInputs, measured: list[tuple[Target, Hardware]]):
         self.inputs = inputs
         self.measured = measured
-        self.models: dict[str, RooflineModel] = {}
+        self.models: dict[tuple[str, str], LatencyModel] = {}
         for target, hardware in measured:
-            observations = []
+            by_backend: dict[str, list[Observation]] = {}
             for trial in inputs.trials:
                 if trial.ok and trial.target == target.id and trial.config.get("precision", "fp32") == "fp32":
                     threads = int(trial.config.get("intra_op_threads", 0) or 0)
-                    observations.append(Observation(inputs.info.flops * trial.batch_size,
-                                                    inputs.info.bytes_moved * trial.batch_size,
-                                                    hardware.available_gflops(threads), hardware.bandwidth_gbs,
-                                                    trial.latency.p50))
-            if observations:
-                self.models[target.id] = RooflineModel.fit(observations)
+                    profile = trial.details.get("op_class_ms") or None
+                    by_backend.setdefault(trial.backend, []).append(
+                        Observation(Work.of(inputs.info, trial.batch_size), threads, hardware, trial.latency.p50,
+                                    profile))
+            for backend, observations in by_backend.items():
+                self.models[target.id, backend] = LatencyModel.fit(observations)
+
+    def fitted_targets(self) -> set[str]:
+        return {target for target, _ in self.models}
+
+    def model_for(self, trial: Trial) -> LatencyModel:
+        """The fit of the trial's own backend, else (a reduced-precision candidate) the target's largest fit."""
+        own = self.models.get((trial.target, trial.backend))
+        if own is not None:
+            return own
+        return max((m for (t, _), m in self.models.items() if t == trial.target), key=lambda m: m.n)
 
     def reference_for(self, instance: Instance) -> tuple[Target, Hardware] | None:
         """The measured target most like this instance: same kind first, then same family, then most cores."""
         want_gpu = instance.gpu is not None
         other = instance_hardware(instance)
-        usable = [(t, h) for t, h in self.measured if t.id in self.models]
+        usable = [(t, h) for t, h in self.measured if t.id in self.fitted_targets()]
         if not usable:
             return None
         return max(usable, key=lambda th: ((th[0].kind == "cuda") == want_gpu, th[1].family == other.family,
                                            th[1].microarchitecture == other.microarchitecture, th[1].cores))
 
     def figure(self, trial: Trial, reference: Hardware, instance: Instance) -> tuple[_Figure, str]:
-        model = self.models[trial.target]
+        model = self.model_for(trial)
         percentile = self.inputs.slo.percentile
-        flops = self.inputs.info.flops * trial.batch_size
-        nbytes = self.inputs.info.bytes_moved * trial.batch_size
+        work = Work.of(self.inputs.info, trial.batch_size)
+        # the candidate runs with its own thread setting there too (0, ONNX Runtime's default: all cores)
         threads = int(trial.config.get("intra_op_threads", 0) or 0)
+        other = instance_hardware(instance)
         point, interval, kind = transfer(trial.latency.at(percentile), tuple(trial.latency.intervals[percentile]),
-                                         model, flops, nbytes, reference, threads, instance_hardware(instance))
-        mean, _, _ = transfer(trial.latency.mean, (trial.latency.mean, trial.latency.mean), model, flops, nbytes,
-                              reference, threads, instance_hardware(instance))
+                                         model, work, reference, threads, other, threads)
+        mean, _, _ = transfer(trial.latency.mean, (trial.latency.mean, trial.latency.mean), model, work,
+                              reference, threads, other, threads)
         return _Figure(point, interval, mean), kind
+
+    def fits_of(self, target_id: str) -> dict[str, dict]:
+        return {backend: m.to_dict() for (t, backend), m in self.models.items() if t == target_id}
 
 
 def _row(inputs: RankingInputs, name: str, provider: str, region: str, price: float | None, curve: CandidateCurve,
@@ -346,8 +368,10 @@ def rank(inputs: RankingInputs) -> Ranking:
             recommendation = noted
     closest = None if recommendation else min(rows, key=lambda r: r.latency_ms / inputs.slo.latency_ms, default=None)
     costmodel = {"targets": {tid: {"figures": hw[1], "peak_gflops": hw[0].peak_gflops,
-                                   "bandwidth_gbs": hw[0].bandwidth_gbs,
-                                   "fit": estimator.models[tid].to_dict() if tid in estimator.models else None}
+                                   "bandwidth_gbs": hw[0].bandwidth_gbs, "cores": hw[0].cores,
+                                   "fit": max(estimator.fits_of(tid).values(), key=lambda f: f["observations"],
+                                              default=None),
+                                   "fits": estimator.fits_of(tid)}
                              for tid, hw in hardware.items()},
                  "cross_hardware_factors": dict(CROSS_HARDWARE_FACTOR)}
     local = next((hardware[t.id][0] for t in measured_targets if t.id == "cpu"), None)

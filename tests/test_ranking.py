@@ -1,11 +1,12 @@
-"""Sizing arithmetic, the learned roofline, and ranking edge cases, on real model analysis and real samples."""
+"""Sizing arithmetic and ranking edge cases, on real model analysis and real samples (the latency model itself:
+tests/test_costmodel.py)."""
 
 import math
 
 import numpy as np
 import pytest
 
-from advisor.costmodel import Hardware, Observation, RooflineModel, relation
+from advisor.costmodel import Hardware, relation
 from advisor.measure import LatencyStats
 from advisor.model import ModelSpec, analyze
 from advisor.ranking import RankingInputs, matches, rank
@@ -30,23 +31,6 @@ def test_sizing_by_hand():
     assert monthly_cost(3, 0.5) == 3 * 0.5 * 730
     assert memory_needed_gib(2**30, 2**29, 2) == pytest.approx(2 + 1 + 0.25)
     assert memory_needed_gib(0, 0, 1, measured_peak_rss_mib=4096) == 4.0
-
-
-def test_roofline_fit_recovers_efficiencies():
-    rng = np.random.default_rng(0)
-    observations = []
-    for flops in (1e7, 1e8, 2e8, 4e8, 8e8):
-        for gflops in (50.0, 100.0):
-            for nbytes in (1e6, 3e7):
-                compute_ms = flops / (gflops * 1e9) * 1e3
-                memory_ms = nbytes / (10 * 1e9) * 1e3
-                observations.append(Observation(flops, nbytes, gflops, 10.0,
-                                                (4 * compute_ms + 1.5 * memory_ms + 0.2) * rng.uniform(0.99, 1.01)))
-    model = RooflineModel.fit(observations)
-    assert model.compute_coef == pytest.approx(4, rel=0.1)
-    assert model.memory_coef == pytest.approx(1.5, rel=0.2)
-    assert model.overhead_ms == pytest.approx(0.2, abs=0.1)
-    assert model.residual_band[0] <= 1 <= model.residual_band[1]
 
 
 def test_relations():
@@ -170,3 +154,27 @@ def test_cluster_node_measurements_attach_to_their_instance(info):
     c7i = next(r for r in ranking.rows if r.instance == "c7i.large")
     assert c7i.source == "measured" and c7i.target == "c7i.large/cpu"
     assert c7i.latency_ms == pytest.approx(0.5, rel=0.1)
+
+
+def test_estimates_fit_per_backend_and_scale_with_cores(info):
+    """A slow backend's trials must not bend the ONNX Runtime fit; a same-microarchitecture instance with more
+    cores is estimated faster for a candidate that uses all cores, and no faster for one pinned to 1 thread."""
+    local = Target("cpu", "cpu", Target("cpu", "cpu", ZEN3).cpu)
+    trials = _local_trials() + [_trial("cpu", 2, 1.0 * 2 ** 0.8 / 1.7, threads=2, phase="search")]
+    slow = [Trial(**{**_trial("cpu", b, 60.0 * b, threads=0, phase="search").__dict__, "backend": "tvm",
+                     "id": f"tvm-{b}"}) for b in (1, 2)]
+    ranking = rank(_inputs(info, trials + slow, [local], 500.0))
+    fits = ranking.costmodel["targets"]["cpu"]["fits"]
+    assert set(fits) == {"onnxruntime", "tvm"} and fits["onnxruntime"]["observations"] == len(trials)
+    rows = {r.instance: r for r in ranking.rows}
+    assert rows["c6a.2xlarge"].source == "estimated" and rows["c6a.2xlarge"].backend == "onnxruntime"
+    assert rows["c6a.2xlarge"].latency_ms < rows["c6a.large"].latency_ms
+
+
+def test_measured_machine_figures_use_the_cores_it_shows():
+    """c6a.large counts 1 core with SMT; a VM showing its 2 vCPUs as 2 cores gets that entry's per-core figures x 2."""
+    from advisor.ranking import target_hardware
+
+    hardware, figures = target_hardware(Target("cpu", "cpu", ZEN3), load_catalog())
+    assert hardware.cores == 2 and hardware.peak_gflops == pytest.approx(230.0)
+    assert hardware.bandwidth_gbs == pytest.approx(12.8) and "x 2 cores" in figures
