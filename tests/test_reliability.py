@@ -38,6 +38,43 @@ def test_faulty_backend_is_isolated(mlp_path, tmp_path):
     assert "worker crashed with SIGSEGV" in html
 
 
+BROKEN_TUNER = """
+from tuners.base import Availability
+from tuners.onnxruntime import OnnxRuntimeTuner
+
+
+class BrokenTuner(OnnxRuntimeTuner):
+    \"\"\"Its search runs in the advisor's own process (it is not a build): a bug there is the advisor's bug.\"\"\"
+
+    name = "broken"
+
+    def availability(self, target):
+        return Availability.yes()
+
+    def search(self, ctx):
+        return 1 / 0
+"""
+
+
+def test_internal_error_is_exit_1_with_the_traceback_in_the_run_log(mlp_path, tmp_path):
+    """Not a user error: exit 1, one line naming the error and the run folder's advisor.log, which holds it all."""
+    (tmp_path / "broken_tuner.py").write_text(BROKEN_TUNER)
+    out = tmp_path / "run"
+    env = dict(os.environ, ADVISOR_TUNERS="broken=broken_tuner:BrokenTuner",
+               PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]))
+    done = subprocess.run(
+        [sys.executable, "-c", "from advisor.cli import main; main()", "recommend", str(mlp_path), "--slo", "50ms",
+         "--backends", "broken", "--out", str(out), "--quiet", "--no-artifact"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1, done.stderr
+    log = out / "advisor.log"
+    assert done.stderr == (f"advisor: internal error: ZeroDivisionError: division by zero (full traceback in {log})\n")
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "return 1 / 0" in text
+    assert "ZeroDivisionError: division by zero" in text
+    assert "Traceback" not in done.stdout
+
+
 def _tar(tmp_path, add):
     import tarfile
 
@@ -91,3 +128,118 @@ def test_huge_graph_fails_within_bounded_time(tmp_path):
                           env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     assert time.monotonic() - started < 60
     assert done.returncode in (0, 2) and "Traceback" not in done.stderr
+
+
+# ---- deeply nested graphs: If/Loop bodies inside If/Loop bodies, built on the wire (onnx.helper itself refuses
+# to build past protobuf's nesting limit, which is the point: a hostile file is not built with onnx.helper) ----
+
+
+def _varint(number: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, number = number & 0x7F, number >> 7
+        out.append(low | (0x80 if number else 0))
+        if not number:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field; appending one to a serialised message adds it to the message."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _graph_attribute(name: str, graph: bytes) -> bytes:
+    from onnx import AttributeProto
+
+    attribute = AttributeProto(name=name, type=AttributeProto.GRAPH).SerializeToString()
+    return _field(5, attribute + _field(6, graph))  # NodeProto.attribute = 5, AttributeProto.g = 6
+
+
+def _if_level(level: int, inner: bytes | None) -> bytes:
+    """A branch graph computing y{level}; above the innermost level it is one If whose then-branch is `inner`."""
+    from onnx import TensorProto, helper
+
+    out = f"y{level}"
+    outputs = [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, 4])]
+    if inner is None:
+        return helper.make_graph([helper.make_node("Identity", ["x"], [out])], f"g{level}", [],
+                                 outputs).SerializeToString()
+    leaf = helper.make_graph([helper.make_node("Identity", ["x"], [f"{out}e"])], f"e{level}", [],
+                             [helper.make_tensor_value_info(f"{out}e", TensorProto.FLOAT, [1, 4])])
+    node = (helper.make_node("If", ["cond"], [out]).SerializeToString() + _graph_attribute("then_branch", inner)
+            + _graph_attribute("else_branch", leaf.SerializeToString()))
+    return helper.make_graph([], f"g{level}", [], outputs).SerializeToString() + _field(1, node)
+
+
+def _loop_level(level: int, inner: bytes | None) -> bytes:
+    """A Loop body (iteration, condition, v) -> (condition, v); above the innermost level v goes through a Loop
+    whose body is `inner`."""
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info(f"i{level}", TensorProto.INT64, []),
+              helper.make_tensor_value_info(f"c{level}", TensorProto.BOOL, []),
+              helper.make_tensor_value_info(f"v{level}", TensorProto.FLOAT, [1, 4])]
+    outputs = [helper.make_tensor_value_info(f"co{level}", TensorProto.BOOL, []),
+               helper.make_tensor_value_info(f"vo{level}", TensorProto.FLOAT, [1, 4])]
+    nodes = [helper.make_node("Identity", [f"c{level}"], [f"co{level}"])]
+    if inner is None:
+        nodes.append(helper.make_node("Identity", [f"v{level}"], [f"vo{level}"]))
+    graph = helper.make_graph(nodes, f"body{level}", inputs, outputs).SerializeToString()
+    if inner is None:
+        return graph
+    loop = helper.make_node("Loop", ["trips", f"c{level}", f"v{level}"], [f"vo{level}"]).SerializeToString()
+    return graph + _field(1, loop + _graph_attribute("body", inner))
+
+
+def _nested_model(depth: int, op: str) -> bytes:
+    """A model whose graph holds `depth` levels of `op` (If or Loop), each inside the body of the one above."""
+    from onnx import TensorProto, helper
+
+    inner = None
+    for level in range(depth, 0, -1):
+        inner = (_if_level if op == "If" else _loop_level)(level, inner)
+    top = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])]
+    if op == "If":
+        graph = inner + helper.make_graph([], "nested", [helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+                                                         *top], []).SerializeToString()
+    else:
+        trips = helper.make_tensor("trips", TensorProto.INT64, [], [2])
+        loop = helper.make_node("Loop", ["trips", "cond", "x"], ["y"]).SerializeToString()
+        graph = helper.make_graph([], "nested", [helper.make_tensor_value_info("cond", TensorProto.BOOL, []), *top],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                                  [trips]).SerializeToString() + _field(1, loop + _graph_attribute("body", inner))
+    model = helper.make_model(helper.make_graph([], "m", [], []), opset_imports=[helper.make_opsetid("", 17)])
+    model.ClearField("graph")
+    return model.SerializeToString() + _field(7, graph)  # ModelProto.graph = 7
+
+
+def _analyze_in_time(path, limit_s: float = 60.0) -> subprocess.CompletedProcess:
+    import time
+
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", "from advisor.cli import main; main()", "analyze", str(path)],
+                          capture_output=True, text=True, timeout=limit_s * 2,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert time.monotonic() - started < limit_s, f"analysing {path.name} took more than {limit_s:.0f} s"
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    return done
+
+
+@pytest.mark.parametrize("op, depth", [("If", 30), ("Loop", 30)])
+def test_nested_subgraphs_within_protobufs_limit_are_analysed(tmp_path, op, depth):
+    path = tmp_path / f"{op}-{depth}.onnx"
+    path.write_bytes(_nested_model(depth, op))
+    done = _analyze_in_time(path)
+    assert done.returncode == 0, done.stderr
+    assert f"{op}" in done.stdout
+
+
+@pytest.mark.parametrize("op, depth", [("If", 300), ("Loop", 300), ("If", 5000)])
+def test_deeply_nested_subgraphs_are_refused_within_bounded_time(tmp_path, op, depth):
+    """Hundreds of nested bodies are refused in one line, before any recursive analysis could overflow a stack."""
+    path = tmp_path / f"{op}-{depth}.onnx"
+    path.write_bytes(_nested_model(depth, op))
+    done = _analyze_in_time(path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("advisor: error:") and done.stderr.count("\n") == 1, done.stderr
+    assert "not a valid ONNX model" in done.stderr
