@@ -84,6 +84,10 @@ class TvmTuner(Tuner):
     name = "tvm"
 
     def availability(self, target: Target) -> Availability:
+        if target.rpc is not None:  # TVM RPC hook: a remote device (tuners/tvm_rpc.py)
+            from tuners import tvm_rpc
+
+            return tvm_rpc.availability(target.rpc)
         try:
             import tvm
         except ImportError:
@@ -129,19 +133,20 @@ class TvmTuner(Tuner):
         if not config.get("tuned"):
             executable = tc.build_untuned(mod, target)
             details = {"tuned": False, "compile_time_s": round(time.perf_counter() - started, 2)}
-            return TvmCompiledModel(executable, spec, input_names, details)
+            return _compiled_model(executable, spec, input_names, details, ctx)
         problem = tc.ffi_problem()
         if problem:
             raise RuntimeError(problem)
         folder = self.tuning_folder(candidate, ctx)
         tuning = self._ensure_tuned(mod, target, candidate, ctx, folder, threads)
         compile_started = time.perf_counter()
-        from tuners.tvm_tuning import open_database
+        from tuners.tvm_tuning import FALLBACK, open_database
 
-        executable, facts = tc.build_with_database(mod, target, open_database(folder), threads)
+        databases = (open_database(folder), open_database(folder / FALLBACK))
+        executable, facts = tc.build_with_database(mod, target, databases, threads)
         details = {"tuned": True, **tuning, **facts, "database": str(self.shared_database(ctx, spec)),
                    "compile_time_s": round(time.perf_counter() - compile_started, 2)}
-        return TvmCompiledModel(executable, spec, input_names, details)
+        return _compiled_model(executable, spec, input_names, details, ctx)
 
     @staticmethod
     def shared_database(ctx: TuneContext, spec: Mapping[str, Any]) -> Path:
@@ -166,9 +171,11 @@ class TvmTuner(Tuner):
         share = 1.0 if ctx.batch_size == self._search_batch(candidate, ctx) else SWEEP_TUNING_SHARE
         seconds = float(candidate.config["tuning_s"]) * share
         trials = max(8, int(int(candidate.config["max_trials"]) * share))
-        outcome = tvm_tuning.tune(tc.fused_module(mod, target), target, folder, trials, seconds, threads)
+        runner, measured_on = _remote_runner(ctx)
+        outcome = tvm_tuning.tune(tc.fused_module(mod, target), target, folder, trials, seconds, threads,
+                                  runner=runner)
         added = tvm_tuning.merge_records(folder, shared)
-        details = {**outcome.details(), "records_added": added}
+        details = {**outcome.details(), "records_added": added, **measured_on}
         partial = marker.with_suffix(".partial")
         partial.write_text(json.dumps({"details": details, "tasks": outcome.task_table}, indent=1))
         partial.replace(marker)
@@ -185,12 +192,11 @@ class TvmTuner(Tuner):
         import tvm
 
         model = self.build(candidate, ctx)
-        assert isinstance(model, TvmCompiledModel)
         dest.mkdir(parents=True, exist_ok=True)
-        library = dest / LIBRARY
+        library = dest / (LIBRARY if ctx.target.rpc is None else _rpc_library())  # TVM RPC hook
         model.executable.export_library(str(library))
         spec = tc.target_spec(ctx.target)
-        settings = {"library": LIBRARY, "device": "cuda" if spec["kind"] == "cuda" else "cpu",
+        settings = {"library": library.name, "device": "cuda" if spec["kind"] == "cuda" else "cpu",
                     "inputs": model.input_names, "target": tc.target_label(spec),
                     "num_threads": int(candidate.config.get("num_threads", 0)),
                     "tuned": bool(candidate.config.get("tuned")), "tvm_version": tvm.__version__}
@@ -224,6 +230,33 @@ class TvmTuner(Tuner):
         import tvm
 
         return {"apache-tvm": _package_version("apache-tvm", tvm.__version__), "apache-tvm-ffi": tc.ffi_version()}
+
+
+# ---- TVM RPC hooks: a target with `rpc` set is a remote device; everything RPC-specific is in tuners/tvm_rpc.py ----
+
+
+def _compiled_model(executable, spec: Mapping[str, Any], input_names: list[str], details: dict[str, Any],
+                    ctx: TuneContext) -> CompiledModel:
+    if ctx.target.rpc is None:
+        return TvmCompiledModel(executable, spec, input_names, details)
+    from tuners.tvm_rpc import RemoteCompiledModel
+
+    return RemoteCompiledModel(executable, ctx.target.rpc, input_names, details)
+
+
+def _remote_runner(ctx: TuneContext) -> tuple[Any, dict[str, Any]]:
+    """MetaSchedule's runner for the target (None: this machine's) and where it measures, for the details."""
+    if ctx.target.rpc is None:
+        return None, {}
+    from tuners import tvm_rpc
+
+    return tvm_rpc.tuning_runner(ctx.target.rpc), tvm_rpc.runner_facts(ctx.target.rpc)
+
+
+def _rpc_library() -> str:
+    from tuners.tvm_rpc import LIBRARY as RPC_LIBRARY
+
+    return RPC_LIBRARY  # object files, linked on the device when loaded: no cross linker needed here
 
 
 def _package_version(name: str, fallback: str) -> str:

@@ -26,6 +26,8 @@ FALLBACK_SEED = 1
 
 def target_spec(target: Target) -> dict[str, Any]:
     """The TVM target for an advisor target, as the dict form TVM 0.27 requires (string forms are rejected)."""
+    if target.rpc is not None:  # a TVM RPC device: its target was resolved when the run started (tuners/tvm_rpc.py)
+        return dict(target.rpc.tvm_target)
     if target.kind == "cuda":
         arch = "sm_" + target.gpu.compute_capability.replace(".", "") if target.gpu else None
         spec: dict[str, Any] = {"kind": "cuda"}
@@ -176,9 +178,10 @@ def fallback_schedules(mod, target, threads: int) -> tuple[Any, list[str]]:
     return mod, scheduled
 
 
-def build_with_database(mod, target, database, threads: int) -> tuple[Any, dict[str, Any]]:
-    """The tuned build: the database's best schedule for each tuned function, a fallback schedule for the rest.
-    Returns the executable and facts for the report (how many functions came from where)."""
+def build_with_database(mod, target, databases: tuple, threads: int) -> tuple[Any, dict[str, Any]]:
+    """The tuned build: each fused function gets its schedule from the first database that has one (measured
+    records, then the cost model's picks), and a design-space sample when none has. Returns the executable and
+    how many functions came from where (for the report)."""
     import tvm
     from tvm import relax
     from tvm.relax.transform import MetaScheduleApplyDatabase
@@ -188,11 +191,13 @@ def build_with_database(mod, target, database, threads: int) -> tuple[Any, dict[
     @tvm.transform.module_pass(opt_level=0)
     def pipeline(module, _ctx):
         module = tvm.transform.Sequential(fuse_passes(target))(module)
-        total = len(_unscheduled(module))
-        module = MetaScheduleApplyDatabase(enable_warning=False)(module)
+        facts["functions"] = len(_unscheduled(module))
+        for name, database in zip(("functions_from_database", "functions_from_cost_model"), databases):
+            before = len(_unscheduled(module))
+            with database:
+                module = MetaScheduleApplyDatabase(enable_warning=False)(module)
+            facts[name] = before - len(_unscheduled(module))
         remaining = len(_unscheduled(module))
-        facts["functions"] = total
-        facts["functions_from_database"] = total - remaining
         if target.kind.name == "cuda":
             from tvm.s_tir import dlight as dl
 
@@ -204,7 +209,7 @@ def build_with_database(mod, target, database, threads: int) -> tuple[Any, dict[
             facts["functions_fallback"] = len(fallback)
         return tvm.transform.Sequential(_lowering_passes(target))(module)
 
-    with target, database, tvm.transform.PassContext(opt_level=3):
+    with target, tvm.transform.PassContext(opt_level=3):
         executable = relax.build(mod, target=target, relax_pipeline=pipeline)
     return executable, facts
 

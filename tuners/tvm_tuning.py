@@ -38,10 +38,16 @@ WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
 BASELINE = "baseline.json"  # how many record lines the private copy had when it was taken from the cache
 MIN_TRIALS_PER_TASK = 16
-TRIALS_PER_ROUND = 16
+TRIALS_PER_ROUND = 8
 FLOP_COVERAGE = 0.97  # tune the heaviest tasks that together carry this share of the FLOPs
 MIN_TASK_SHARE = 0.005  # a task under this share of the FLOPs is never worth a trial
 LOCK_TIMEOUT_S = 300
+FALLBACK = "fallback"  # subfolder of a database folder: cost-model-picked schedules of tasks never measured
+FALLBACK_S_PER_TASK = 1.6  # time kept back from measured tuning for each of those picks (2 cores)
+FALLBACK_SHARE = 0.6  # at most this share of the tuning time goes to picks
+FALLBACK_PICKS = 4
+FALLBACK_SEED = 1
+UNMEASURED_S = 1e3  # the run time a picked (never measured) schedule is stored with: it never beats a measured one
 
 log = logging.getLogger("advisor.tvm")
 
@@ -103,11 +109,12 @@ class TuningOutcome:
     stopped_by: str  # "plan" (every task got its share), "deadline", or "nothing to tune"
     progress: list[list[Any]] = field(default_factory=list)  # [elapsed_s, trials, estimated ms]
     task_table: list[dict[str, Any]] = field(default_factory=list)
+    fallbacks_picked: int = 0  # untuned tasks given the schedule the cost model predicts fastest
 
     def details(self) -> dict[str, Any]:
         return {"tasks": self.tasks, "tasks_tuned": self.tasks_tuned, "tasks_reused": self.tasks_reused,
                 "trials_used": self.trials_used, "tuning_time_s": round(self.tuning_time_s, 2),
-                "stopped_by": self.stopped_by, "progress": self.progress}
+                "stopped_by": self.stopped_by, "fallbacks_picked": self.fallbacks_picked, "progress": self.progress}
 
 
 # ---- the shared database ------------------------------------------------------------------------------------------
@@ -134,6 +141,14 @@ def _lock(folder: Path):
 
 
 def merge_records(private: Path, shared: Path) -> int:
+    """Merge a run's private database (measured records, and the fallback picks beside them) into the shared
+    one. Returns the measured records added."""
+    if (private / FALLBACK / RECORDS).exists():
+        _merge_one(private / FALLBACK, shared / FALLBACK)
+    return _merge_one(private, shared)
+
+
+def _merge_one(private: Path, shared: Path) -> int:
     """Append the private database's records that the shared one lacks (under the shared folder's lock).
 
     Record lines are `[workload index, record]`; indices are remapped onto the shared workload file. Identity
@@ -180,10 +195,16 @@ def _append(path: Path, lines: list[str]) -> None:
 
 
 def private_copy(shared: Path, private: Path) -> Path:
-    """A private copy of the shared database for one tuning run. Records a killed earlier attempt left in the
-    private copy are merged into the shared database first, so nothing measured is lost."""
+    """A private copy of the shared database (and its fallback picks) for one tuning run. Records a killed
+    earlier attempt left in the private copy are merged into the shared database first, so nothing measured is
+    lost."""
     if (private / RECORDS).exists():
         merge_records(private, shared)
+    _copy_one(shared / FALLBACK, private / FALLBACK)
+    return _copy_one(shared, private)
+
+
+def _copy_one(shared: Path, private: Path) -> Path:
     private.mkdir(parents=True, exist_ok=True)
     with _lock(shared):
         for name in (WORKLOADS, RECORDS):
@@ -317,9 +338,34 @@ def tune(mod, target, database_dir: Path, max_trials: int, seconds: float, threa
     reused = sum(1 for p in plans if p.trials == 0 and p.existing_trials >= MIN_TRIALS_PER_TASK)
     table = {p.index: {"name": p.name, "flops": p.flops, "weight": p.weight, "existing_trials": p.existing_trials,
                        "trials": p.trials} for p in plans}
-    if not to_tune or time.monotonic() >= deadline:
-        return TuningOutcome(len(extracted), 0, reused, 0, time.monotonic() - started, "nothing to tune",
-                             task_table=list(table.values()))
+    cost_model = ms.CostModel.create("xgb", num_tuning_cores=threads, tree_method="auto")
+    unmeasured = [p for p in plans if p.existing_trials == 0 and p not in to_tune]
+    # the cost-model-picked schedules of the tasks left untuned get a slice of the time, taken off the end
+    tuning_deadline = deadline - min(FALLBACK_SHARE * seconds, FALLBACK_S_PER_TASK * len(unmeasured))
+    used = [0] * len(to_tune)
+    best: list[float | None] = [best_known.get(p.index) for p in to_tune]
+    progress: list[list[Any]] = []
+    stopped_by = "nothing to tune"
+    if to_tune and time.monotonic() < tuning_deadline:
+        stopped_by = _tuning_rounds(extracted, to_tune, database, database_dir, target, threads, cost_model,
+                                    runner or local_runner(), tuning_deadline, used, best, progress, started,
+                                    on_progress)
+    left = [p for p, u in zip(to_tune, used) if not u and not p.existing_trials]
+    heaviest_first = sorted(unmeasured + left, key=lambda p: -p.work)
+    fallbacks = pick_fallbacks(extracted, heaviest_first, target, database_dir, cost_model, threads, deadline)
+    for i, plan in enumerate(to_tune):
+        table[plan.index]["trials_used"] = used[i]
+        table[plan.index]["best_us"] = round(best[i] * 1e6, 2) if best[i] is not None else None
+    return TuningOutcome(len(extracted), sum(1 for u in used if u), reused, sum(used), time.monotonic() - started,
+                         stopped_by, progress, list(table.values()), fallbacks)
+
+
+def _tuning_rounds(extracted, to_tune, database, database_dir: Path, target, threads: int, cost_model, runner,
+                   deadline: float, used: list[int], best: list, progress: list, started: float,
+                   on_progress: Callable | None) -> str:
+    """Rounds of measured trials over the planned tasks, heaviest first, until the plan or the deadline ends.
+    Fills `used`, `best` and `progress` in place; returns what stopped it ("plan" or "deadline")."""
+    from tvm.s_tir import meta_schedule as ms
 
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         [extracted[p.index] for p in to_tune], str(database_dir / "logs"), space="post-order-apply",
@@ -327,22 +373,16 @@ def tune(mod, target, database_dir: Path, max_trials: int, seconds: float, threa
                                                        genetic_num_iters=2),
         num_threads=threads, seed=0)
     builder = _in_process_builder()
-    runner = runner or local_runner()
-    cost_model = ms.CostModel.create("xgb", num_tuning_cores=threads, tree_method="auto")
     remaining = [p.trials for p in to_tune]
-    used = [0] * len(to_tune)
-    best: list[float | None] = [best_known.get(p.index) for p in to_tune]
-    progress: list[list[Any]] = []
-    stopped_by = "plan"
-    while stopped_by == "plan" and any(remaining):
-        for i, plan in enumerate(to_tune):
+    while any(remaining):
+        for i in range(len(to_tune)):
             if not remaining[i]:
                 continue
             if time.monotonic() >= deadline:
-                stopped_by = "deadline"
-                break
+                return "deadline"
             count = min(TRIALS_PER_ROUND, remaining[i])
             callback = _round_callback(deadline)
+            stopped = False
             try:
                 ms.tune_tasks(tasks=[contexts[i]], task_weights=[weights[i]], work_dir=str(database_dir / "logs"),
                               max_trials_global=count, max_trials_per_task=count, num_trials_per_iter=count,
@@ -352,7 +392,7 @@ def tune(mod, target, database_dir: Path, max_trials: int, seconds: float, threa
             except Exception as error:
                 if "DeadlineReached" not in f"{type(error).__name__}: {error}" and time.monotonic() < deadline:
                     raise
-                stopped_by = "deadline"
+                stopped = True
             remaining[i] = 0 if callback.trials == 0 else max(0, remaining[i] - callback.trials)
             used[i] += callback.trials
             if callback.best_s is not None:
@@ -363,13 +403,49 @@ def tune(mod, target, database_dir: Path, max_trials: int, seconds: float, threa
                 progress.append(point)
                 if on_progress:
                     on_progress(point)
-            if stopped_by != "plan":
-                break
-    for i, plan in enumerate(to_tune):
-        table[plan.index]["trials_used"] = used[i]
-        table[plan.index]["best_us"] = round(best[i] * 1e6, 2) if best[i] is not None else None
-    return TuningOutcome(len(extracted), sum(1 for u in used if u), reused, sum(used), time.monotonic() - started,
-                         stopped_by, progress, list(table.values()))
+            if stopped:
+                return "deadline"
+    return "plan"
+
+
+def pick_fallbacks(extracted, plans: list[TaskPlan], target, database_dir: Path, cost_model, threads: int,
+                   deadline: float) -> int:
+    """For each task with no measured record, the schedule this run's cost model predicts fastest among a small
+    evolutionary search of MetaSchedule's design space, never measured, kept in `database_dir/fallback/`
+    apart from the measured records. The model learned from the tuned tasks' measurements transfers to
+    tasks of the same kinds (other convolutions, other matmuls); without any, the pick is a random sample.
+    Returns how many were picked."""
+    from tvm.s_tir import meta_schedule as ms
+
+    measured = open_database(database_dir)
+    fallback = open_database(database_dir / FALLBACK)
+    picked = 0
+    for plan in plans:
+        if time.monotonic() >= deadline:
+            break
+        func = extracted[plan.index].dispatched[0]
+        if fallback.has_workload(func) and fallback.get_top_k(fallback.commit_workload(func), 1):
+            continue
+        context = ms.TuneContext(mod=func, target=target, space_generator="post-order-apply",
+                                 search_strategy=ms.search_strategy.EvolutionarySearch(
+                                     population_size=64, init_min_unmeasured=16, genetic_num_iters=1,
+                                     eps_greedy=0.0),
+                                 task_name=plan.name, num_threads=threads, rand_state=FALLBACK_SEED)
+        try:
+            context.pre_tuning(max_trials=FALLBACK_PICKS, num_trials_per_iter=FALLBACK_PICKS,
+                               design_spaces=context.generate_design_space(), database=measured,
+                               cost_model=cost_model)
+            candidates = context.generate_measure_candidates() or []
+            context.post_tuning()
+        except Exception as error:  # no pick: the build falls back to one design-space sample for this task
+            log.warning("no cost-model pick for %s: %s", plan.name, str(error)[:200])
+            continue
+        if candidates:
+            workload = fallback.commit_workload(func)
+            fallback.commit_tuning_record(ms.database.TuningRecord(
+                candidates[0].sch.trace, workload, [UNMEASURED_S], target, candidates[0].args_info))
+            picked += 1
+    return picked
 
 
 def open_database(database_dir: Path):
