@@ -15,7 +15,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -24,10 +23,6 @@ from pathlib import Path
 import pytest
 
 from reports.render import render_html
-
-CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "", shutil.which("chromium-browser")
-                             or "") if p and os.access(p, os.X_OK)), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report_sample.json"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -208,9 +203,10 @@ def sample() -> dict:
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+def browser(tmp_path_factory, chromium):
+    """`chromium` (tests/conftest.py) installs it with apt-get when missing, or skips with the reason."""
     folder = tmp_path_factory.mktemp("chromium")
-    client = DevTools(CHROMIUM, folder / "profile")
+    client = DevTools(chromium, folder / "profile")
     yield client
     client.close()
 
