@@ -94,10 +94,6 @@ class Hardware:
         """Cores a run with `threads` intra-op threads keeps busy (0: all of them)."""
         return self.cores if threads <= 0 else max(1, min(threads, self.cores))
 
-    def available_gflops(self, threads: int) -> float:
-        """Peak available to a run using `threads` cores (0: all)."""
-        return self.peak_gflops * self.parallel(threads) / self.cores
-
 
 def derived_cpu_hardware(isa: tuple[str, ...], cores: int, vendor: str, microarchitecture: str) -> Hardware:
     """Figures for a CPU with no catalogue entry: FLOP/cycle from its ISA at an assumed clock."""
@@ -255,8 +251,9 @@ class LatencyModel:
             # serial time cannot be told from parallel time at one thread count: the prior's (1 - p) stands for it
             parallel_fraction, serial, widen = PRIOR_PARALLEL_FRACTION, False, PRIOR_BAND_FACTOR
             coef, _ = _solve(observations, parallel_fraction, serial)
-            notes = (f"one thread count measured: parallel fraction {PRIOR_PARALLEL_FRACTION} assumed, "
-                     f"band widened x{PRIOR_BAND_FACTOR}",)
+            note = (f"one thread count measured: parallel fraction {PRIOR_PARALLEL_FRACTION} assumed, band widened "
+                    f"x{PRIOR_BAND_FACTOR}")
+            notes = (note,)
         low, high = _loo_band(observations, parallel_fraction, serial)
         return cls(dict(zip(TERMS, map(float, coef))), float(parallel_fraction), (low / widen, high * widen),
                    len(observations), profiled=profiled, notes=notes)

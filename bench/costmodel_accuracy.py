@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import os
 import statistics
@@ -45,7 +46,7 @@ CACHE = REPO / "bench" / ".cache"
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from advisor.costmodel import Hardware, LatencyModel, Observation, Work  # noqa: E402
+from advisor.costmodel import Hardware, LatencyModel, Observation, Work
 
 THREADS = (1, 2)
 BATCHES = (1, 2, 4)
@@ -114,10 +115,10 @@ class _Background:
         self.cores = max(0.0, (self._busy_s() - self.busy) - (sum(os.times()[:2]) - self.own)) / wall
 
 
-def _quiet(block):
-    """Run `block` until it ran while the machine was otherwise (nearly) idle, or PATIENCE_S ran out; (its
+def _quiet(block, patience_s: float = PATIENCE_S):
+    """Run `block` until it ran while the machine was otherwise (nearly) idle, or `patience_s` ran out; (its
     result, the background cores during it)."""
-    give_up = time.monotonic() + PATIENCE_S
+    give_up = time.monotonic() + patience_s
     while True:
         with _Background() as background:
             result = block()
@@ -152,7 +153,7 @@ def _profile(path: Path, config: dict, feeds: dict, runs: int = 5) -> dict[str, 
     return dict(totals)
 
 
-def measure(built: dict, rounds: int, seconds: float) -> list[Point]:
+def measure(built: dict, rounds: int, seconds: float, patience_s: float = PATIENCE_S) -> list[Point]:
     """Every (threads, batch) of a model interleaved in one process; a round (and a profile) taken while other
     processes kept a core busy is taken again (up to ATTEMPTS times): on a shared 2-core machine a 2-thread run
     with one core taken measures the neighbour, not the model."""
@@ -178,13 +179,14 @@ def measure(built: dict, rounds: int, seconds: float) -> list[Point]:
         runs = {(t, b): (lambda s=sessions[t], f=feeds[b]: s.run(None, f)) for t in THREADS for b in BATCHES}
         medians, loads = collections.defaultdict(list), []
         for _ in range(rounds):
-            samples, load = _quiet(lambda: interleaved_samples(runs, settings, block=5))
+            samples, load = _quiet(functools.partial(interleaved_samples, runs, settings, block=5), patience_s)
             loads.append(load)
             for key, values in samples.items():
                 medians[key].append(statistics.median(values))
         for threads in THREADS:
             for batch in BATCHES:
-                class_ms, _ = _quiet(lambda: _profile(path, {"intra_op_threads": threads}, feeds[batch]))
+                profile = functools.partial(_profile, path, {"intra_op_threads": threads}, feeds[batch])
+                class_ms, _ = _quiet(profile, patience_s)
                 points.append(Point(name, threads, batch, Work.of(info, batch).to_dict(),
                                     statistics.median(medians[threads, batch]), tuple(medians[threads, batch]),
                                     class_ms, statistics.mean(loads)))
@@ -229,7 +231,7 @@ def evaluate(points: list[Point], hardware: Hardware) -> tuple[list[tuple], dict
         low, high = estimate * model.residual_band[0], estimate * model.residual_band[1]
         inside[kind].append(low <= p.p50_ms <= high)
         errors[kind].append(_error(estimate, p.p50_ms))
-        rows.append((name, label, p.threads, p.batch, p.p50_ms, estimate))
+        rows.append((kind, name, label, p.threads, p.batch, p.p50_ms, estimate))
 
     names = sorted({p.model for p in points})
     for name in names:
@@ -260,6 +262,8 @@ def main() -> int:
     parser.add_argument("--models", help="with --remeasure: only these models (comma-separated), merged into the cache")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=0.15, help="minimum time per configuration per round")
+    parser.add_argument("--patience", type=float, default=PATIENCE_S,
+                        help="seconds a round waits for a quiet machine before it is kept as measured")
     parser.add_argument("--no-torch", action="store_true")
     args = parser.parse_args()
     from advisor.ranking import target_hardware
@@ -272,7 +276,7 @@ def main() -> int:
         built = build_models(CACHE / "models", not args.no_torch)
         if args.models:
             built = {name: built[name] for name in args.models.split(",")}
-        points = measure(built, args.rounds, args.seconds)
+        points = measure(built, args.rounds, args.seconds, args.patience)
         if args.models and args.cache.exists():
             points = [p for p in load(args.cache)[0] if p.model not in built] + points
         save(points, target.label, args.cache)
@@ -289,9 +293,15 @@ def main() -> int:
     rows, errors, coverage = evaluate(points, hardware)
     print(f"{'model':<13} {'held out':<20} {'thr':>3} {'batch':>5} {'measured ms':>12} {'predicted ms':>13} "
           f"{'error':>7}")
-    for name, held, threads, batch, actual, estimate in rows:
+    for _, name, held, threads, batch, actual, estimate in rows:
         print(f"{name:<13} {held:<20} {threads:>3} {batch:>5} {actual:>12.3f} {estimate:>13.3f} "
               f"{_error(estimate, actual) * 100:>6.1f}%")
+    print(f"\nMAPE by model  {'p50 ms (1t b1)':>14} " + " ".join(f"{kind:>11}" for kind in errors))
+    for name in sorted({row[1] for row in rows}):
+        base = next(p.p50_ms for p in points if p.model == name and p.threads == 1 and p.batch == 1)
+        cells = [statistics.mean(_error(r[6], r[5]) for r in rows if r[0] == kind and r[1] == name) * 100
+                 for kind in errors]
+        print(f"{name:<14} {base:>14.3f} " + " ".join(f"{cell:>10.1f}%" for cell in cells))
     for kind, values in errors.items():
         print(f"MAPE held-out {kind:<11}: {statistics.mean(values) * 100:5.1f}% over {len(values)} predictions "
               f"(median {statistics.median(values) * 100:.1f}%, worst {max(values) * 100:.1f}%; "
