@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -75,39 +76,71 @@ def test_internal_error_is_exit_1_with_the_traceback_in_the_run_log(mlp_path, tm
     assert "Traceback" not in done.stdout
 
 
-def _tar(tmp_path, add):
+def _member(name: str, kind: bytes = b"0", linkname: str = "", data: bytes = b""):
     import tarfile
 
-    path = tmp_path / "evil.tar.gz"
-    with tarfile.open(path, "w:gz") as archive:
-        add(archive)
-    return path
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.size = kind, linkname, len(data)
+    if kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+        info.devmajor, info.devminor = 1, 3  # /dev/null's numbers
+    return info, data
+
+
+def _hostile_members():
+    """(members, what the refusal says): each set starts with an innocent file, so a refusal that came after
+    extracting part of the archive would show up in the destination."""
+    import tarfile
+
+    ok = _member("artifact/manifest.json", data=b"{}")
+    return [
+        ([ok, _member("../../escape.txt", data=b"hi")], "escapes"),
+        ([ok, _member("artifact/../../escape.txt", data=b"hi")], "escapes"),
+        ([ok, _member("/tmp/absolute.txt", data=b"hi")], "escapes"),
+        ([ok, _member("artifact/link", tarfile.SYMTYPE, "/etc/passwd")], "link"),
+        ([ok, _member("artifact/inside-link", tarfile.SYMTYPE, "manifest.json")], "link"),
+        ([ok, _member("artifact/hard", tarfile.LNKTYPE, "/etc/passwd")], "link"),
+        ([ok, _member("artifact/hard-inside", tarfile.LNKTYPE, "artifact/manifest.json")], "link"),
+        ([ok, _member("artifact/null", tarfile.CHRTYPE)], "special file"),
+        ([ok, _member("artifact/disk", tarfile.BLKTYPE)], "special file"),
+        ([ok, _member("artifact/fifo", tarfile.FIFOTYPE)], "special file"),
+    ]
 
 
 def test_tar_traversal_is_refused(tmp_path):
+    """Artifact tarballs with traversal, absolute, link or device members are refused before anything is
+    extracted."""
     import io
     import tarfile
 
-    def traversal(archive):
-        info = tarfile.TarInfo("../../escape.txt")
-        info.size = 2
-        archive.addfile(info, io.BytesIO(b"hi"))
-
-    def symlink(archive):
-        info = tarfile.TarInfo("artifact/link")
-        info.type = tarfile.SYMTYPE
-        info.linkname = "/etc/passwd"
-        archive.addfile(info)
-
-    def absolute(archive):
-        info = tarfile.TarInfo("/tmp/absolute.txt")
-        info.size = 2
-        archive.addfile(info, io.BytesIO(b"hi"))
-
-    for maker, message in ((traversal, "escapes"), (symlink, "link"), (absolute, "escapes")):
+    for index, (members, message) in enumerate(_hostile_members()):
+        path = tmp_path / f"evil{index}.tar.gz"
+        with tarfile.open(path, "w:gz") as archive:
+            for info, data in members:
+                archive.addfile(info, io.BytesIO(data) if data else None)
+        dest = tmp_path / f"dest{index}"
         with pytest.raises(ArtifactError, match=message):
-            safe_extract(_tar(tmp_path, maker), tmp_path / "dest")
-    assert not (tmp_path.parent / "escape.txt").exists()
+            safe_extract(path, dest)
+        assert not dest.exists() or not any(dest.iterdir()), f"{members[-1][0].name}: extracted before refusing"
+    assert not (tmp_path.parent / "escape.txt").exists() and not Path("/tmp/absolute.txt").exists()
+
+
+def test_absurd_flops_are_refused_before_anything_runs(tmp_path):
+    """Inputs under the element limit, but ten 40,000-square matrix products: over 10^15 FLOPs per inference."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from advisor.errors import UserError
+    from advisor.model import ModelSpec, analyze
+
+    square = [40000, 40000]
+    nodes = [helper.make_node("MatMul", [f"v{i}", "w"], [f"v{i + 1}"]) for i in range(10)]
+    graph = helper.make_graph(nodes, "flops", [helper.make_tensor_value_info("v0", TensorProto.FLOAT, square),
+                                               helper.make_tensor_value_info("w", TensorProto.FLOAT, square)],
+                              [helper.make_tensor_value_info("v10", TensorProto.FLOAT, square)])
+    path = tmp_path / "flops.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(UserError, match=r"needs 1\.28e\+15 FLOPs per inference.*refusing to run it"):
+        analyze(ModelSpec(path))
 
 
 def test_huge_graph_fails_within_bounded_time(tmp_path):
