@@ -56,18 +56,47 @@ class GpuInfo:
 
 
 @dataclass(frozen=True)
-class Target:
-    """A place a model can run on this machine: the CPU, or one CUDA GPU (with the host CPU beside it)."""
+class RpcDevice:
+    """A device registered with a TVM RPC tracker under a key (an edge board, a remote host). Only the TVM backend
+    runs there: it compiles here for `tvm_target` and measures over RPC. `tvm_target` is TVM's dict form; empty
+    until the run starts, when it is taken from --tvm-rpc-target or asked of the device (tuners/tvm_rpc.py)."""
 
-    id: str  # "cpu" or "cuda:0"
+    tracker_host: str
+    tracker_port: int
+    key: str
+    tvm_target: dict = field(default_factory=dict, hash=False)
+
+    @property
+    def tracker(self) -> str:
+        return f"{self.tracker_host}:{self.tracker_port}"
+
+    def to_dict(self) -> dict:
+        return {"tracker_host": self.tracker_host, "tracker_port": self.tracker_port, "key": self.key,
+                "tvm_target": dict(self.tvm_target)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RpcDevice:
+        return cls(data["tracker_host"], int(data["tracker_port"]), data["key"], dict(data.get("tvm_target") or {}))
+
+
+@dataclass(frozen=True)
+class Target:
+    """A place a model can run: this machine's CPU, one CUDA GPU (with the host CPU beside it), or a TVM RPC device
+    (`rpc` set; then `cpu` describes the remote CPU as far as its TVM target tells)."""
+
+    id: str  # "cpu", "cuda:0" or "rpc:KEY"
     kind: str  # "cpu" or "cuda"
     cpu: CpuInfo
     gpu: GpuInfo | None = None
     threads: int = field(default=0)  # cores the backends may use; 0 means all physical cores
     instance: str | None = None  # the catalogue instance this target is (set for cluster nodes), else None
+    rpc: RpcDevice | None = None  # set for a device measured through a TVM RPC tracker
 
     @property
     def label(self) -> str:
+        if self.rpc is not None:
+            return f"{self.cpu.model} ({self.cpu.physical_cores} cores, {self.cpu.microarchitecture}, " \
+                   f"tracker {self.rpc.tracker})"
         if self.instance is not None:
             return f"{self.instance} ({self.gpu.name if self.gpu else self.cpu.model}, cluster node)"
         if self.gpu is not None:
@@ -76,13 +105,15 @@ class Target:
 
     def to_dict(self) -> dict:
         return {"id": self.id, "kind": self.kind, "label": self.label, "cpu": self.cpu.to_dict(),
-                "gpu": self.gpu.to_dict() if self.gpu else None, "instance": self.instance}
+                "gpu": self.gpu.to_dict() if self.gpu else None, "instance": self.instance,
+                "rpc": self.rpc.to_dict() if self.rpc else None}
 
     @classmethod
     def from_dict(cls, data: dict) -> Target:
-        gpu = data.get("gpu")
+        gpu, rpc = data.get("gpu"), data.get("rpc")
         return cls(id=data["id"], kind=data["kind"], cpu=CpuInfo(**{**data["cpu"], "isa": tuple(data["cpu"]["isa"])}),
-                   gpu=GpuInfo(**gpu) if gpu else None, instance=data.get("instance"))
+                   gpu=GpuInfo(**gpu) if gpu else None, instance=data.get("instance"),
+                   rpc=RpcDevice.from_dict(rpc) if rpc else None)
 
 
 def _cpuinfo_fields() -> dict[str, str]:
