@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from advisor.exporting import ExportOptions
 from advisor.measure import HarnessSettings
 from advisor.model import ModelSpec
 from advisor.slo import Slo
+from hwprofiles.targets import RpcDevice
 
 DEFAULT_BUDGET_S = 120.0
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8)
@@ -60,6 +63,7 @@ class RecommendConfig:
     harness: HarnessSettings = field(default_factory=HarnessSettings)
     make_artifact: bool = True
     cluster: str | None = None  # "ray://HOST:PORT" or "auto": also profile on the cluster's instance nodes
+    tvm_rpc: RpcDevice | None = None  # --tvm-rpc: also tune TVM on the device registered under this tracker key
     # set when SOURCE is not ONNX; then model.path is the run folder's model.onnx that the export writes. Not in
     # the fingerprint: the exported file's sha256 is, and a resume reuses the run folder's export (see
     # advisor.exporting.run_export), so a changed source or export option shows up as a different model
@@ -82,6 +86,8 @@ class RecommendConfig:
             raise UserError("--memory-limit must be positive")
         if self.tolerance <= 0:
             raise UserError("--tolerance must be positive")
+        if self.tvm_rpc is not None:
+            _check_rpc_device(self.tvm_rpc)
 
     @property
     def slo_batch_size(self) -> int:
@@ -99,4 +105,45 @@ class RecommendConfig:
                 "tolerance": self.tolerance, "local_price_per_hour": self.local_price_per_hour,
                 "providers": list(self.providers), "region": self.region,
                 "catalogs": [str(p) for p in self.catalog_paths], "harness": asdict(self.harness),
-                "out_dir": str(self.out_dir), "cache_dir": str(self.cache_dir), "cluster": self.cluster}
+                "out_dir": str(self.out_dir), "cache_dir": str(self.cache_dir), "cluster": self.cluster,
+                "tvm_rpc": self.tvm_rpc.to_dict() if self.tvm_rpc else None}
+
+
+RPC_TARGET_EXAMPLE = '{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "num-cores": 4}'
+
+
+def tvm_rpc_device(address: str | None, key: str | None, target_json: str | None) -> RpcDevice | None:
+    """--tvm-rpc HOST:PORT, --tvm-rpc-key KEY and --tvm-rpc-target JSON as one device (None when none is given).
+    Only the text is checked here; whether the tracker answers is checked when the run starts."""
+    if address is None:
+        if key is not None or target_json is not None:
+            raise UserError("--tvm-rpc-key and --tvm-rpc-target need --tvm-rpc HOST:PORT (the TVM RPC tracker)")
+        return None
+    host, _, port = address.strip().rpartition(":")
+    host = host.strip("[]")  # [::1]:9190
+    if not host or not re.fullmatch(r"\d{1,5}", port):
+        raise UserError(f"--tvm-rpc must be HOST:PORT of a TVM RPC tracker, e.g. 127.0.0.1:9190, not {address!r}")
+    if key is None:
+        raise UserError("--tvm-rpc needs --tvm-rpc-key KEY, the key the device registered with at the tracker")
+    target: dict = {}
+    if target_json is not None:
+        try:
+            target = json.loads(target_json)
+        except ValueError as error:
+            raise UserError(f"--tvm-rpc-target is not JSON ({error}); e.g. {RPC_TARGET_EXAMPLE}") from None
+        if not isinstance(target, dict):
+            raise UserError(f"--tvm-rpc-target must be a JSON object, e.g. {RPC_TARGET_EXAMPLE}")
+    return RpcDevice(host, int(port), key, target)
+
+
+def _check_rpc_device(device: RpcDevice) -> None:
+    if not 0 < device.tracker_port < 65536:
+        raise UserError(f"--tvm-rpc port must be 1-65535, not {device.tracker_port}")
+    if not re.fullmatch(r"[\w.+-]+", device.key):
+        raise UserError(f"--tvm-rpc-key must be letters, digits and . _ + - only, not {device.key!r}")
+    target = device.tvm_target
+    if target.get("kind", "llvm") != "llvm":
+        raise UserError(f"--tvm-rpc-target must be a JSON object for a CPU (llvm) TVM target, e.g. "
+                        f"{RPC_TARGET_EXAMPLE}")
+    if "num-cores" in target and not (isinstance(target["num-cores"], int) and target["num-cores"] > 0):
+        raise UserError("--tvm-rpc-target num-cores must be a positive integer")

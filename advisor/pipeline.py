@@ -56,6 +56,7 @@ def _recommend(config: RecommendConfig, progress: Progress, export: run_export.R
     info = analyze(spec)
     catalog = load_catalog(list(config.catalog_paths), providers=list(config.providers) or None,
                            region=config.region)
+    remote = _remote_targets(config)  # before the run folder: an unreachable device is one line, no folder
     run = RunFolder.open(config.out_dir, config.resume, config.fingerprint(info.sha256))
     handler = _attach_file_log(run.log_path)
     try:
@@ -63,7 +64,7 @@ def _recommend(config: RecommendConfig, progress: Progress, export: run_export.R
             export.install(run_export.source_key(config.export.source))
             info = replace(info, path=export.result.onnx_path)  # it was analysed where it was staged
             _log_export(export, progress)
-        return _recommend_in(run, info, catalog, config, progress, export)
+        return _recommend_in(run, info, catalog, config, progress, export, remote)
     except Exception as error:
         if not isinstance(error, UserError):
             log.exception("internal error")
@@ -94,12 +95,22 @@ def _log_export(export: run_export.RunExport, progress: Progress) -> None:
     progress.stage(f"exported {result.source} ({result.source_kind}) with {result.exporter}: {error} vs the source")
 
 
+def _remote_targets(config: RecommendConfig) -> tuple[Target, ...]:
+    """Devices named on the command line (--tvm-rpc), checked and described now."""
+    if config.tvm_rpc is None:
+        return ()
+    from tuners.tvm_rpc import remote_target
+
+    return (remote_target(config.tvm_rpc),)
+
+
 def _recommend_in(run: RunFolder, info: ModelInfo, catalog, config: RecommendConfig, progress: Progress,
-                  export: run_export.RunExport | None = None) -> RunResult:
+                  export: run_export.RunExport | None = None, remote: tuple[Target, ...] = ()) -> RunResult:
     started_at = now_iso()
     progress.stage(f"{info.path.name}: {info.flops / 1e9:.3g} GFLOP, {info.params / 1e6:.3g} M parameters; "
                    f"run folder {run.path}")
-    targets = detect_targets()
+    # devices the user named come first, so a tight --budget is spent on them before this machine
+    targets = remote + detect_targets()
     log.info("targets: %s", [t.label for t in targets])
     info.shapes_at(config.slo_batch_size)  # a fixed-batch model cannot take --batch N: fail before tuning
     outcome = tune_targets(run, info, config, targets, progress)

@@ -153,6 +153,8 @@ class OnnxRuntimeTuner(Tuner):
     name = "onnxruntime"
 
     def availability(self, target: Target) -> Availability:
+        if target.rpc is not None:
+            return Availability.no("a TVM RPC device runs only TVM-compiled code (the tvm backend measures it)")
         try:
             import onnxruntime as ort
         except ImportError:

@@ -10,13 +10,19 @@ import click
 
 from advisor.cli.export_cmd import build_options, export_options
 from advisor.cli.options import DurationType, IntListType, LatencyType, input_shape_option, shapes_dict
-from advisor.config import DEFAULT_BATCH_SIZES, DEFAULT_BUDGET_S, DEFAULT_TOLERANCE, ExportSpec, RecommendConfig
+from advisor.config import (
+    DEFAULT_BATCH_SIZES,
+    DEFAULT_BUDGET_S,
+    DEFAULT_TOLERANCE,
+    ExportSpec,
+    RecommendConfig,
+    tvm_rpc_device,
+)
 from advisor.exporting import source_kind
 from advisor.exporting.sources import ONNX, SUFFIX_KINDS
 from advisor.measure import HarnessSettings
 from advisor.model import ModelSpec
 from advisor.slo import PERCENTILE_CHOICES, Slo
-
 
 EXPORTED_MODEL = "model.onnx"  # where a non-ONNX SOURCE is exported to, inside the run folder
 
@@ -95,11 +101,21 @@ def _csv(text: str | None) -> tuple[str, ...]:
               help="Memory limit per worker in MiB (default: 80% of this machine's memory).")
 @click.option("--cluster", default=None, metavar="ray://HOST:PORT|auto",
               help="Also profile on the Ray cluster's instance nodes (see docs/cluster.md).")
+@click.option("--tvm-rpc", "tvm_rpc", default=None, metavar="HOST:PORT",
+              help="TVM RPC tracker: also tune TVM on the device registered there with --tvm-rpc-key, compiling "
+                   "here and measuring there (see docs/cluster.md).")
+@click.option("--tvm-rpc-key", "tvm_rpc_key", default=None, metavar="KEY",
+              help="Key the device registered with at the --tvm-rpc tracker.")
+@click.option("--tvm-rpc-target", "tvm_rpc_target", default=None, metavar="JSON",
+              help="TVM target of the --tvm-rpc device as a JSON object, e.g. '{\"kind\": \"llvm\", \"mtriple\": "
+                   "\"aarch64-linux-gnu\", \"mcpu\": \"cortex-a72\", \"num-cores\": 4}' (default: what the device "
+                   "reports).")
 @click.option("--no-artifact", is_flag=True, help="Skip exporting the deployable artifact.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display on stderr.")
 def recommend(source, slo_ms, percentile, input_shapes, opset, fp16, task, budget_s, batch_sizes, batch_size,
               backends, out_dir, resume, json_path, catalogs, providers, region, qps, utilisation, local_price,
-              tolerance, cache_dir, min_time, trial_timeout, memory_limit, cluster, no_artifact, quiet):
+              tolerance, cache_dir, min_time, trial_timeout, memory_limit, cluster, tvm_rpc, tvm_rpc_key,
+              tvm_rpc_target, no_artifact, quiet):
     """Tune SOURCE on every backend this machine can run, rank cloud instances by cost under the SLO, and write
     the report and a deployable artifact.
 
@@ -140,6 +156,7 @@ def recommend(source, slo_ms, percentile, input_shapes, opset, fp16, task, budge
         harness=HarnessSettings(min_time_s=min_time, max_time_s=max(10.0, min_time * 5)),
         make_artifact=not no_artifact,
         cluster=cluster,
+        tvm_rpc=tvm_rpc_device(tvm_rpc, tvm_rpc_key, tvm_rpc_target),
         trial_timeout_s=trial_timeout,
         memory_limit_mib=memory_limit,
         export=export,
