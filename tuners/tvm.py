@@ -79,6 +79,32 @@ class TvmCompiledModel(CompiledModel):
     def outputs(self):
         return tc.flatten_outputs(self._result)
 
+    def op_class_ms(self, runs: int = 10) -> dict[str, float]:
+        """Time per inference by operator class, from the VM's instrumentation hook (kernel names such as
+        `fused_conv2d_add_relu` name their operators; a fused kernel counts for its leading operator)."""
+        import time as clock
+
+        from tvm import relax
+
+        vm = relax.VirtualMachine(self.executable, self.device)
+        totals: dict[str, float] = {}
+        started: dict[str, float] = {}
+
+        def instrument(func, symbol, before_run, ret_value, *args):
+            name = str(symbol)
+            if before_run:
+                started[name] = clock.perf_counter()
+            elif name in started:
+                self.device.sync()
+                kind = tc.kernel_class(name)
+                totals[kind] = totals.get(kind, 0.0) + (clock.perf_counter() - started.pop(name)) * 1000 / runs
+            return 0
+
+        vm.set_instrument(instrument)
+        for _ in range(runs):
+            vm["main"](*self._args)
+        return totals
+
 
 class TvmTuner(Tuner):
     name = "tvm"

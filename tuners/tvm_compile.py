@@ -214,6 +214,26 @@ def build_with_database(mod, target, databases: tuple, threads: int) -> tuple[An
     return executable, facts
 
 
+KERNEL_CLASSES = (  # substrings of Relax kernel names -> advisor.opcost classes, first match wins
+    ("conv", "conv"), ("matmul", "matmul"), ("dense", "matmul"), ("pool", "pooling"), ("softmax", "reduction"),
+    ("layer_norm", "normalization"), ("batch_norm", "normalization"), ("group_norm", "normalization"),
+    ("mean", "reduction"), ("sum", "reduction"), ("max", "reduction"), ("take", "data_movement"),
+    ("reshape", "data_movement"), ("transpose", "data_movement"), ("concat", "data_movement"),
+    ("strided_slice", "data_movement"), ("split", "data_movement"), ("squeeze", "data_movement"),
+    ("broadcast", "data_movement"), ("pad", "data_movement"), ("cast", "data_movement"),
+)
+
+
+def kernel_class(name: str) -> str:
+    """The operator class of a compiled kernel or VM builtin from its name (`fused_conv2d_add_relu` -> conv)."""
+    lowered = name.lower()
+    if lowered.startswith("vm.builtin") or "alloc" in lowered:
+        return "runtime"
+    core = lowered.removeprefix("fused_")
+    return next((kind for key, kind in KERNEL_CLASSES if core.startswith(key)), None) or next(
+        (kind for key, kind in KERNEL_CLASSES if key in core), "elementwise")
+
+
 def flatten_outputs(result) -> list:
     """VM results are a tensor or a (nested) tuple of tensors; the harness wants numpy arrays in output order."""
     if hasattr(result, "numpy"):
