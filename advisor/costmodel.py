@@ -19,6 +19,7 @@ the observations were profiled (ONNX Runtime's profiler, trial details `op_class
 adds a row of its own: its kernel time against its own term alone. That separates conv from matmul from memory
 time, which total latencies cannot when they all grow with the batch together (one model's trials), and which
 decides how an estimate moves between machines whose peak and bandwidth differ in different proportions.
+Where neither can split it (no profile, one model), faint prior rows (PRIOR_COEFFICIENTS) pick the split.
 Without two thread counts p cannot be learned: PRIOR_PARALLEL_FRACTION is used, the serial terms are left out
 (at one thread count they cannot be told from batch-independent kernel time such as reading the weights; the
 prior's 1 - p stands for them) and the band is widened by PRIOR_BAND_FACTOR. With fewer than three observations
@@ -78,6 +79,12 @@ PRIOR_PARALLEL_FRACTION = 0.82
 # where the prior stands in for a learned p, the residual band is widened by this much (judgement).
 PRIOR_BAND_FACTOR = 1.2
 PROFILE_ROW_WEIGHT = 1.0  # a profiled class time counts as much as a total latency
+# Where the data cannot split the time between kernel terms (one model, no profile: every term grows with the
+# batch together), a faint pull towards these inverse efficiencies decides the split: the full fit of
+# bench/costmodel_accuracy.py on 7 models (2026-12-01, Sapphire Rapids, docs/costmodel.md). Weight: a
+# thousandth of an observation, so it never outweighs a measurement.
+PRIOR_COEFFICIENTS = {"conv": 1.2, "matmul": 1.35, "memory": 0.075, "weights": 0.15}
+PRIOR_ROW_WEIGHT = 1e-3
 
 
 @dataclass(frozen=True)
@@ -192,13 +199,14 @@ def _row(work: Work, threads: int, hardware: Hardware, parallel_fraction: float)
 
 
 def _design(observations: Sequence[Observation], parallel_fraction: float, serial: bool):
-    """Rows of the regression: one per total latency, plus one per profiled kernel term (weights: relative).
-    Without `serial` the serial terms' columns are zero, so their coefficients stay 0."""
+    """Rows of the regression: one per total latency, one per profiled kernel term, one faint prior row per kernel
+    term (weights: relative). Without `serial` the serial terms' columns are zero, so their coefficients stay 0."""
     mask = np.array([serial or term not in SERIAL_TERMS for term in TERMS], dtype=float)
-    rows, targets, weights = [], [], []
+    rows, targets, weights, totals = [], [], [], []
     for obs in observations:
         row = _row(obs.work, obs.threads, obs.hardware, parallel_fraction) * mask
         rows.append(row)
+        totals.append(row)
         targets.append(obs.latency_ms)
         weights.append(1.0 / obs.latency_ms ** 2)
         if not obs.class_ms:
@@ -212,6 +220,16 @@ def _design(observations: Sequence[Observation], parallel_fraction: float, seria
                 rows.append(alone)
                 targets.append(measured)
                 weights.append(PROFILE_ROW_WEIGHT / obs.latency_ms ** 2)
+    typical = np.mean(totals, axis=0)  # the prior rows: each kernel term at its prior efficiency, typical size
+    latency = float(np.mean([o.latency_ms for o in observations]))
+    for term, prior in PRIOR_COEFFICIENTS.items():
+        index = TERMS.index(term)
+        if typical[index] > 0:
+            alone = np.zeros(len(TERMS))
+            alone[index] = typical[index]
+            rows.append(alone)
+            targets.append(prior * typical[index])
+            weights.append(PRIOR_ROW_WEIGHT / latency ** 2)
     return np.array(rows), np.array(targets), np.array(weights)
 
 

@@ -8,12 +8,20 @@ import statistics
 import time
 from pathlib import Path
 
+import models
 import numpy as np
 import pytest
 
-import models
-from advisor.costmodel import (PRIOR_PARALLEL_FRACTION, TERMS, Hardware, LatencyModel, Observation, Work, amdahl,
-                               transfer)
+from advisor.costmodel import (
+    PRIOR_PARALLEL_FRACTION,
+    TERMS,
+    Hardware,
+    LatencyModel,
+    Observation,
+    Work,
+    amdahl,
+    transfer,
+)
 
 FOUR_CORES = Hardware(peak_gflops=400.0, bandwidth_gbs=40.0, cores=4, family="x86-intel",
                       microarchitecture="sapphirerapids")
@@ -195,3 +203,16 @@ def test_real_fit_predicts_a_held_out_thread_count(measured):
         estimate = latency[1, batch] * model.ratio(Work.of(info, batch), 1, FOUR_CORES, Work.of(info, batch), 2,
                                                    FOUR_CORES)
         assert 1 / 2 < estimate / latency[2, batch] < 2, (batch, estimate, latency)
+
+
+def test_without_a_profile_the_prior_splits_what_the_data_cannot():
+    """One model, one thread count, no profile: conv and memory time grow together with the batch, so the least
+    squares optimum is a whole line; the faint prior picks a point on it instead of a vertex (all conv or all
+    memory), and the totals are still fitted."""
+    work = _work(4e8, 0, 2e7, 0, 1)
+    observations = [Observation(Work(work.flops_by_class, work.bytes_by_class, work.nodes_by_class, 0.0, b), 1,
+                                FOUR_CORES, 6.0 * b) for b in (1, 2, 4, 8)]
+    model = LatencyModel.fit(observations)
+    assert model.coefficients["conv"] > 0.1 and model.coefficients["memory"] > 0.01
+    for obs in observations:
+        assert model.predict_ms(obs.work, 1, FOUR_CORES) == pytest.approx(obs.latency_ms, rel=0.01)
