@@ -182,7 +182,8 @@ class _Estimator:
         return {target for target, _ in self.models}
 
     def model_for(self, trial: Trial) -> LatencyModel:
-        """The fit of the trial's own backend, else (a reduced-precision candidate) the target's largest fit."""
+        """The fit of the trial's own backend, else (a backend measured only at reduced precision) the target's
+        largest fit."""
         own = self.models.get((trial.target, trial.backend))
         if own is not None:
             return own
