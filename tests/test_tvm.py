@@ -197,11 +197,13 @@ def test_tiny_tuning_run_then_reuse_from_the_database(cpu, small_cnn, tmp_path):
     assert second.status == "ok", second.reason
     assert second.details["trials_used"] == 0 and second.details["stopped_by"] == "nothing to tune"
     assert second.details["tasks_reused"] >= 1 and second.details["functions_from_database"] >= 1
+    assert second.details["warm_start_records"] >= details["trials_used"] // 2  # the cost model learned from them
     assert second.details["tuning_time_s"] < details["tuning_time_s"] / 2
 
     # the head-to-head of the same run rebuilds from its records, never tuning again
     [again] = _measure([tuned], ctx2, tmp_path / "run2", phase="confirm")
     assert again.status == "ok" and again.details["tuning_time_s"] == second.details["tuning_time_s"]
+    assert again.details["tuned_in"] == "an earlier trial" and "progress" not in again.details
 
     # the exported library loads and runs with the TVM runtime alone, and agrees with the reference
     dest = tmp_path / "export"

@@ -190,8 +190,9 @@ class TvmTuner(Tuner):
         from tuners import tvm_tuning
 
         marker = folder / "tuned.json"
-        if marker.exists():
-            return json.loads(marker.read_text())["details"]
+        if marker.exists():  # tuned earlier in this run: the same facts, without the progress curve again
+            details = json.loads(marker.read_text())["details"]
+            return {**{k: v for k, v in details.items() if k != "progress"}, "tuned_in": "an earlier trial"}
         shared = self.shared_database(ctx, tc.target_spec(ctx.target))
         tvm_tuning.private_copy(shared, folder)
         share = 1.0 if ctx.batch_size == self._search_batch(candidate, ctx) else SWEEP_TUNING_SHARE

@@ -47,6 +47,7 @@ FALLBACK_S_PER_TASK = 1.6  # time kept back from measured tuning for each of tho
 FALLBACK_SHARE = 0.6  # at most this share of the tuning time goes to picks
 FALLBACK_PICKS = 4
 FALLBACK_SEED = 1
+WARM_START_RECORDS = 512  # measured records the cost model learns from before a run measures anything
 UNMEASURED_S = 1e3  # the run time a picked (never measured) schedule is stored with: it never beats a measured one
 
 log = logging.getLogger("advisor.tvm")
@@ -110,11 +111,13 @@ class TuningOutcome:
     progress: list[list[Any]] = field(default_factory=list)  # [elapsed_s, trials, estimated ms]
     task_table: list[dict[str, Any]] = field(default_factory=list)
     fallbacks_picked: int = 0  # untuned tasks given the schedule the cost model predicts fastest
+    warm_start_records: int = 0  # measured records from the database the cost model learned from first
 
     def details(self) -> dict[str, Any]:
         return {"tasks": self.tasks, "tasks_tuned": self.tasks_tuned, "tasks_reused": self.tasks_reused,
                 "trials_used": self.trials_used, "tuning_time_s": round(self.tuning_time_s, 2),
-                "stopped_by": self.stopped_by, "fallbacks_picked": self.fallbacks_picked, "progress": self.progress}
+                "stopped_by": self.stopped_by, "fallbacks_picked": self.fallbacks_picked,
+                "warm_start_records": self.warm_start_records, "progress": self.progress}
 
 
 # ---- the shared database ------------------------------------------------------------------------------------------
@@ -339,6 +342,7 @@ def tune(mod, target, database_dir: Path, max_trials: int, seconds: float, threa
     table = {p.index: {"name": p.name, "flops": p.flops, "weight": p.weight, "existing_trials": p.existing_trials,
                        "trials": p.trials} for p in plans}
     cost_model = ms.CostModel.create("xgb", num_tuning_cores=threads, tree_method="auto")
+    warm_records = warm_start(cost_model, database, target, threads)
     unmeasured = [p for p in plans if p.existing_trials == 0 and p not in to_tune]
     # the cost-model-picked schedules of the tasks left untuned get a slice of the time, taken off the end
     tuning_deadline = deadline - min(FALLBACK_SHARE * seconds, FALLBACK_S_PER_TASK * len(unmeasured))
@@ -357,7 +361,31 @@ def tune(mod, target, database_dir: Path, max_trials: int, seconds: float, threa
         table[plan.index]["trials_used"] = used[i]
         table[plan.index]["best_us"] = round(best[i] * 1e6, 2) if best[i] is not None else None
     return TuningOutcome(len(extracted), sum(1 for u in used if u), reused, sum(used), time.monotonic() - started,
-                         stopped_by, progress, list(table.values()), fallbacks)
+                         stopped_by, progress, list(table.values()), fallbacks, warm_records)
+
+
+def warm_start(cost_model, database, target, threads: int, limit: int = WARM_START_RECORDS) -> int:
+    """Train the cost model on the measured records already in the database (the best per workload first), so
+    a run that measures little or nothing (a sweep batch size, a second run) still predicts from experience:
+    the features transfer between tasks of the same kind. Returns the records used."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.runner import RunnerResult
+
+    by_workload: dict[Any, list] = {}
+    for record in database.get_all_tuning_records():
+        if record.run_secs and _mean_seconds(record.run_secs) < UNMEASURED_S:
+            by_workload.setdefault(record.workload, []).append(record)
+    used = 0
+    for workload, records in by_workload.items():
+        records = sorted(records, key=lambda r: _mean_seconds(r.run_secs))[:max(1, limit // len(by_workload))]
+        try:
+            context = ms.TuneContext(mod=workload.mod, target=target, num_threads=threads)
+            cost_model.update(context, [r.as_measure_candidate() for r in records],
+                              [RunnerResult([float(s) for s in r.run_secs], None) for r in records])
+            used += len(records)
+        except Exception as error:  # a record that no longer replays is skipped, not fatal
+            log.warning("cost model warm start skipped a workload: %s", str(error)[:200])
+    return used
 
 
 def _tuning_rounds(extracted, to_tune, database, database_dir: Path, target, threads: int, cost_model, runner,
