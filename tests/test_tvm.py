@@ -180,10 +180,11 @@ def test_untuned_build_matches_the_reference(cpu, encoder_path, tmp_path):
 def test_tiny_tuning_run_then_reuse_from_the_database(cpu, small_cnn, tmp_path):
     ctx = _ctx(small_cnn, cpu, tmp_path / "run1")
     untuned = TvmTuner().search(ctx).ask()[0]
-    tuned = _tuned(untuned, seconds=25, trials=16)
+    tuned = _tuned(untuned, seconds=60, trials=16)  # time enough for the plan (two rounds) on a loaded machine
     first, base = _measure([tuned, untuned], ctx, tmp_path / "run1")
     assert first.status == "ok" and base.status == "ok", (first.reason, base.reason)
     details = first.details
+    assert details["stopped_by"] == "plan", details
     assert details["tuned"] and details["trials_used"] > 0 and details["records_added"] == details["trials_used"]
     assert details["tasks_tuned"] >= 1 and details["functions_from_database"] >= 1
     assert details["progress"] and details["progress"][-1][1] == details["trials_used"]
