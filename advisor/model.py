@@ -7,6 +7,7 @@ model's folder, absurd input sizes) with a UserError, before anything is allocat
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -207,6 +208,22 @@ def _vocab_limits(model: onnx.ModelProto, integer_inputs: set[str]) -> dict[str,
     return limits
 
 
+SYMBOLIC_DEBUG_DUMP = ("sym_shape_infer_temp.onnx", "sym_shape_infer_temp.onnx.data")
+
+
+@contextlib.contextmanager
+def _no_debug_dump():
+    """ONNX Runtime's symbolic shape inference saves `sym_shape_infer_temp.onnx` into the current directory when
+    it cannot infer every shape: remove what it left there, never a file that was there before."""
+    existing = {name for name in SYMBOLIC_DEBUG_DUMP if os.path.exists(name)}
+    try:
+        yield
+    finally:
+        for name in set(SYMBOLIC_DEBUG_DUMP) - existing:
+            with contextlib.suppress(OSError):
+                os.remove(name)
+
+
 def _static_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]):
     """Shapes and element sizes of every value, inferred with the concrete input shapes."""
     static = onnx.ModelProto()
@@ -222,7 +239,8 @@ def _static_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ..
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        static = SymbolicShapeInference.infer_shapes(static, auto_merge=True)
+        with _no_debug_dump():
+            static = SymbolicShapeInference.infer_shapes(static, auto_merge=True)
     except Exception:
         try:
             static = onnx.shape_inference.infer_shapes(static, data_prop=True)

@@ -130,3 +130,22 @@ def test_initializer_inputs_are_not_fed(tmp_path):
     info = analyze(ModelSpec(path))
     assert [s.name for s in info.inputs] == ["x"]
     assert numpy_helper.to_array(model.graph.initializer[0]).shape == (64, 128)
+
+
+def test_analysis_leaves_no_debug_file_in_the_working_directory(tmp_path, monkeypatch):
+    """ONNX Runtime's symbolic shape inference dumps sym_shape_infer_temp.onnx into the cwd when it gives up (here
+    on an operator from an unknown domain); analysis must not litter the user's folder with it."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Frobnicate", ["x"], ["y"], domain="com.example")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    path = tmp_path / "model" / "custom.onnx"
+    path.parent.mkdir()
+    onnx.save(model, path)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    analyze(ModelSpec(path, {}))
+    assert list(work.iterdir()) == []
