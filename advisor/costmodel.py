@@ -81,7 +81,7 @@ PRIOR_BAND_FACTOR = 1.2
 PROFILE_ROW_WEIGHT = 1.0  # a profiled class time counts as much as a total latency
 # Where the data cannot split the time between kernel terms (one model, no profile: every term grows with the
 # batch together), a faint pull towards these inverse efficiencies decides the split: the full fit of
-# bench/costmodel_accuracy.py on 7 models (2026-12-01, Sapphire Rapids, docs/costmodel.md). Weight: a
+# bench/costmodel_accuracy.py on 7 models (2026-12-01 12:04, Sapphire Rapids, docs/costmodel.md). Weight: a
 # thousandth of an observation, so it never outweighs a measurement.
 PRIOR_COEFFICIENTS = {"conv": 1.2, "matmul": 1.35, "memory": 0.075, "weights": 0.15}
 PRIOR_ROW_WEIGHT = 1e-3
