@@ -219,6 +219,17 @@ def test_tiny_tuning_run_then_reuse_from_the_database(cpu, small_cnn, tmp_path):
                     str(tmp_path / "out.npy")], check=True, cwd=REPO, timeout=120)
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), reference[0], rtol=1e-3, atol=1e-4)
 
+    # `advisor cache` lists the database and clears it
+    from click.testing import CliRunner
+
+    from advisor.cli.main import cli
+
+    listed = CliRunner().invoke(cli, ["cache", "list", "--cache-dir", str(ctx.cache_dir)], catch_exceptions=False)
+    assert listed.exit_code == 0 and str(shared) in listed.output and listed.output.split()[2] == "tvm"
+    cleared = CliRunner().invoke(cli, ["cache", "clear", "--cache-dir", str(ctx.cache_dir), "--backend", "tvm",
+                                       "--yes"], catch_exceptions=False)
+    assert cleared.exit_code == 0 and not shared.exists()
+
 
 def _export_in_child(candidate, ctx, dest) -> dict:
     from advisor.isolation import run_isolated
