@@ -70,15 +70,17 @@ class RunFolder:
         except Timeout:
             raise UserError(f"another advisor run is using {path}; wait for it or choose another --out") from None
         meta_path = path / "run.json"
-        if meta_path.exists():
+        # the trial log alone decides whether the folder holds a run: without --resume its trials would otherwise
+        # be reused silently when run.json is missing (a copied or hand-made folder)
+        if not resume and (path / "trials.jsonl").exists():
+            lock.release()
+            raise UserError(f"{path} already holds a run; pass --resume to continue it or choose another --out")
+        if resume and meta_path.exists():
             try:
                 previous = json.loads(meta_path.read_text())
             except ValueError:
                 previous = None
-            if not resume and (path / "trials.jsonl").exists():
-                lock.release()
-                raise UserError(f"{path} already holds a run; pass --resume to continue it or choose another --out")
-            if resume and previous is not None and previous.get("fingerprint") != fingerprint:
+            if previous is not None and previous.get("fingerprint") != fingerprint:
                 lock.release()
                 raise UserError(f"cannot resume {path}: it was started with a different model or settings")
         write_json_atomic(meta_path, {"fingerprint": fingerprint})

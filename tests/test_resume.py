@@ -180,3 +180,19 @@ def test_every_run_folder_write_is_atomic(interrupted_run):
     in_place = sorted(checked & opened)
     assert not in_place, f"written in place, not write-then-rename: {in_place}"
     assert checked <= renamed, f"not renamed into place: {sorted(checked - renamed)}"
+
+
+def test_a_trial_log_without_run_json_is_not_reused_without_resume(cnn_path, tmp_path):
+    """A folder holding trials but no run.json (copied by hand) is a run: without --resume it is refused, not
+    silently continued."""
+    from click.testing import CliRunner
+
+    from advisor.cli import cli
+
+    out = tmp_path / "copied"
+    out.mkdir()
+    (out / "trials.jsonl").write_text("")
+    result = CliRunner().invoke(cli, ["recommend", str(cnn_path), "--slo", "50ms", "--out", str(out), *ARGS])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("advisor: error:") and "pass --resume" in result.output
+    assert result.output.count("\n") == 1
