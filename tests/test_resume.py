@@ -196,3 +196,20 @@ def test_a_trial_log_without_run_json_is_not_reused_without_resume(cnn_path, tmp
     assert result.exit_code == 2, result.output
     assert result.output.startswith("advisor: error:") and "pass --resume" in result.output
     assert result.output.count("\n") == 1
+
+
+def test_resuming_with_another_model_is_refused(cnn_path, tmp_path):
+    """--resume of a folder started with other settings (here another fingerprint) would mix two runs' trials."""
+    from click.testing import CliRunner
+
+    from advisor.cli import cli
+
+    out = tmp_path / "other"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"fingerprint": {"model_sha256": "not this model"}}))
+    (out / "trials.jsonl").write_text("")
+    result = CliRunner().invoke(cli, ["recommend", str(cnn_path), "--slo", "50ms", "--out", str(out), "--resume",
+                                      *ARGS])
+    assert result.exit_code == 2, result.output
+    assert result.output == f"advisor: error: cannot resume {out}: it was started with a different model or " \
+                            "settings\n"
