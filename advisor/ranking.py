@@ -246,12 +246,24 @@ def _row(inputs: RankingInputs, name: str, provider: str, region: str, price: fl
 
 
 def _better(a: RankedRow, b: RankedRow | None) -> bool:
-    """Meeting the SLO first, then cheaper, then faster."""
+    """Recommendable first, then meeting the SLO, then cheaper, then faster."""
     if b is None:
         return True
-    key = lambda r: (not r.meets_slo, r.cost_per_million if r.cost_per_million is not None else float("inf"),  # noqa: E731
-                     r.latency_ms)
+    key = lambda r: (not r.recommendable, not r.meets_slo,  # noqa: E731
+                     r.cost_per_million if r.cost_per_million is not None else float("inf"), r.latency_ms)
     return key(a) < key(b)
+
+
+# Backends whose deployable form is machine code for the CPU it was tuned on (TVM: -mcpu): their artifact does
+# not carry over to another microarchitecture, so such an estimate is shown but never recommended.
+CPU_SPECIFIC_BACKENDS = ("tvm",)
+
+
+def _portability_note(curve_backend: str, kind: str) -> str | None:
+    if curve_backend in CPU_SPECIFIC_BACKENDS and kind not in ("same", "gpu_from_gpu", "gpu_from_cpu"):
+        return (f"not recommendable: the {curve_backend} build is compiled and tuned for the measured CPU; run "
+                "advisor on this instance or a --cluster node of this type to tune and package it there")
+    return None
 
 
 def _memory(inputs: RankingInputs, curve: CandidateCurve) -> float:
@@ -319,9 +331,12 @@ def rank(inputs: RankingInputs) -> Ranking:
                 if kind == "gpu_from_cpu":
                     notes = (*notes, "not recommendable: no GPU was measured; run advisor on a GPU host or a "
                                      "--cluster node of this type")
+            portability = _portability_note(curve.backend, kind) if source == "estimated" else None
+            if portability:
+                notes = (*notes, portability)
             row = _row(inputs, instance.name, instance.provider, instance.region, instance.price_per_hour, curve,
                        figures, source, notes, memory)
-            if source == "estimated" and kind == "gpu_from_cpu":
+            if source == "estimated" and (kind == "gpu_from_cpu" or portability):
                 row = replace(row, recommendable=False)
             if _better(row, best):
                 best = row

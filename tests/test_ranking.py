@@ -178,3 +178,29 @@ def test_measured_machine_figures_use_the_cores_it_shows():
     hardware, figures = target_hardware(Target("cpu", "cpu", ZEN3), load_catalog())
     assert hardware.cores == 2 and hardware.peak_gflops == pytest.approx(230.0)
     assert hardware.bandwidth_gbs == pytest.approx(12.8) and "x 2 cores" in figures
+
+
+def test_a_tuned_tvm_build_is_recommended_only_where_it_was_compiled(info):
+    """A TVM library is machine code for the CPU it was tuned on: on another microarchitecture the instance takes
+    its best portable candidate instead, and where TVM is all there is, the row is shown but never recommended."""
+    from dataclasses import replace as with_
+
+    local = Target("cpu", "cpu", ZEN3)
+    ort = _local_trials()
+    tvm = [with_(t, id=t.id.replace("ort", "tvm"), backend="tvm", config={"tuned": True, "num_threads": 2},
+                 latency=LatencyStats.from_samples([x * 0.5 for x in t.latency.samples_ms]))
+           for t in ort if t.config["intra_op_threads"] == 0]
+    ranking = rank(_inputs(info, ort + tvm, (local,), slo_ms=1000))
+    rows = {r.instance: r for r in ranking.rows}
+    assert rows["c6a.large"].backend == "tvm" and rows["c6a.large"].recommendable  # measured here
+    arm = rows["c7g.large"]
+    assert arm.source == "estimated" and arm.backend == "onnxruntime" and arm.recommendable
+    intel = rows["c7i.large"]
+    assert intel.backend == "onnxruntime", "the faster TVM estimate must not displace the portable candidate"
+    only_tvm = {r.instance: r for r in rank(_inputs(info, tvm, (local,), slo_ms=1000)).rows}
+    assert not only_tvm["c7g.large"].recommendable
+    assert any("compiled and tuned for the measured CPU" in note for note in only_tvm["c7g.large"].notes)
+    catalog = {i.name: i for i in load_catalog().instances}
+    for row in ranking.rows:
+        if row.backend == "tvm" and row.recommendable:
+            assert catalog[row.instance].cpu.microarchitecture == "znver3", row.instance
