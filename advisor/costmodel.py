@@ -327,4 +327,19 @@ def transfer(measured_ms: float, interval: tuple[float, float], model: LatencyMo
     factor = CROSS_HARDWARE_FACTOR[kind]
     low = interval[0] * scale * model.residual_band[0] / factor
     high = interval[1] * scale * model.residual_band[1] * factor
-    return measured_ms * scale, (low, high), kind
+    estimate = measured_ms * scale
+    if other.family == "gpu":
+        # a GPU pays a launch per kernel and a synchronisation per inference whatever its peak: no estimate scaled
+        # from FLOPs alone may go below that (a CPU fit's serial terms, which would carry it, may be absent)
+        floor = gpu_floor_ms(work)
+        estimate, low, high = max(estimate, floor), max(low, floor / factor), max(high, floor * factor)
+    return estimate, (low, high), kind
+
+
+GPU_LAUNCH_MS = 0.005  # per kernel launched (CUDA launch latency, a few microseconds)
+GPU_SYNC_MS = 0.02  # per inference: stream synchronisation and the framework's own dispatch
+
+
+def gpu_floor_ms(work: Work) -> float:
+    """The least one inference can take on any GPU: a kernel launch per operator that runs, and one sync."""
+    return GPU_SYNC_MS + GPU_LAUNCH_MS * max(1, work.nodes())

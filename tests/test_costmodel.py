@@ -216,3 +216,16 @@ def test_without_a_profile_the_prior_splits_what_the_data_cannot():
     assert model.coefficients["conv"] > 0.1 and model.coefficients["memory"] > 0.01
     for obs in observations:
         assert model.predict_ms(obs.work, 1, FOUR_CORES) == pytest.approx(obs.latency_ms, rel=0.01)
+
+
+def test_a_gpu_estimate_never_drops_below_kernel_launch_costs():
+    """Scaled by peak FLOPs alone, a tiny model on a GPU would take nanoseconds; launches bound it from below."""
+    from advisor.costmodel import GPU_LAUNCH_MS, GPU_SYNC_MS, KERNEL_TERMS, TERMS, LatencyModel, Work, transfer
+
+    work = Work({"matmul": 1e4}, {"elementwise": 1e3}, {"matmul": 3, "elementwise": 3, "data_movement": 5})
+    cpu = Hardware(410, 13.4, 2, "x86-intel", "sapphirerapids")  # GFLOP/s, GB/s
+    gpu = Hardware(67000, 3350, 1, "gpu", "H100")
+    model = LatencyModel({term: 1.0 if term in KERNEL_TERMS else 0.0 for term in TERMS}, 0.8, (1.0, 1.0), 4)
+    estimate, (low, high), kind = transfer(0.01, (0.009, 0.011), model, work, cpu, 1, gpu)
+    assert kind == "gpu_from_cpu"
+    assert estimate >= GPU_SYNC_MS + 6 * GPU_LAUNCH_MS and low > 0 and high >= estimate
