@@ -7,14 +7,14 @@ Every row is `measured` (the instance's hardware was measured: this machine or a
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from advisor.costmodel import (CROSS_HARDWARE_FACTOR, Hardware, LatencyModel, Observation, Work,
                                derived_cpu_hardware, family_of, transfer)
 from advisor.model import ModelInfo
-from advisor.sizing import (batching_window_ms, cost_per_million, instances_needed, memory_needed_gib, monthly_cost,
-                            throughput_per_s)
+from advisor.sizing import (EXTRAPOLATION_CAP, BatchCurve, BatchPoint, batching_window_ms, cost_per_million,
+                            instances_needed, memory_needed_gib, monthly_cost, throughput_per_s)
 from advisor.slo import Slo, judge
 from advisor.trials import Trial
 from hwprofiles.catalog import Catalog, Instance
@@ -60,6 +60,7 @@ class RankedRow:
     throughput_per_s: float | None
     notes: tuple[str, ...] = ()
     recommendable: bool = True  # False for figures too indirect to act on (a GPU estimated from CPU runs)
+    batch_basis: str = "measured"  # how batch_size's figures were obtained: measured | interpolated | extrapolated
 
     def to_dict(self) -> dict:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -97,6 +98,13 @@ class CandidateCurve:
 
     def threads(self) -> int:
         return int(self.config.get("intra_op_threads", 0) or 0)
+
+    def points(self, percentile: str) -> dict[int, BatchPoint]:
+        return {b: _measured_figure(t, percentile) for b, t in self.by_batch.items()}
+
+    def batch_curve(self, percentile: str) -> BatchCurve | None:
+        """The latency-vs-batch fit on this candidate's measured sizes (None when measured at one size)."""
+        return BatchCurve.fit(list(self.points(percentile).values()))
 
 
 def _curves(trials: Sequence[Trial]) -> list[CandidateCurve]:
@@ -148,15 +156,19 @@ def target_hardware(target: Target, catalog: Catalog) -> tuple[Hardware, str]:
         f"derived from ISA at {3.0:g} GHz"
 
 
-@dataclass(frozen=True)
-class _Figure:
-    latency_ms: float  # at the SLO percentile
-    interval: tuple[float, float]
-    mean_ms: float
+def _measured_figure(trial: Trial, percentile: str) -> BatchPoint:
+    return BatchPoint(trial.batch_size, trial.latency.at(percentile), tuple(trial.latency.intervals[percentile]),
+                      trial.latency.mean)
 
 
-def _measured_figure(trial: Trial, percentile: str) -> _Figure:
-    return _Figure(trial.latency.at(percentile), tuple(trial.latency.intervals[percentile]), trial.latency.mean)
+def _with_fitted(measured: dict[int, BatchPoint], fit: BatchCurve | None, inputs: RankingInputs,
+                 fits_memory: Callable[[int], bool]) -> dict[int, BatchPoint]:
+    """The measured points plus the fit's points between (and up to its cap beyond) them that fit in memory; none
+    when --batch fixes the batch size."""
+    if fit is None or inputs.batch_size is not None:
+        return dict(measured)
+    fitted = {b: fit.estimate(b) for b in fit.fitted_batch_sizes() if fits_memory(b)}
+    return {**measured, **fitted}
 
 
 class _Estimator:
@@ -199,50 +211,60 @@ class _Estimator:
         return max(usable, key=lambda th: ((th[0].kind == "cuda") == want_gpu, th[1].family == other.family,
                                            th[1].microarchitecture == other.microarchitecture, th[1].cores))
 
-    def figure(self, trial: Trial, reference: Hardware, instance: Instance) -> tuple[_Figure, str]:
+    def figure(self, point: BatchPoint, trial: Trial, reference: Hardware,
+               instance: Instance) -> tuple[BatchPoint, str]:
+        """A point of the candidate (measured, or from its batch fit) moved to the instance; `trial` is any of the
+        candidate's trials (its backend and config pick the latency model and the threads)."""
         model = self.model_for(trial)
-        percentile = self.inputs.slo.percentile
-        work = Work.of(self.inputs.info, trial.batch_size)
+        work = Work.of(self.inputs.info, point.batch_size)
         # the candidate runs with its own thread setting there too (0, ONNX Runtime's default: all cores)
         threads = int(trial.config.get("intra_op_threads", 0) or 0)
         other = instance_hardware(instance)
-        point, interval, kind = transfer(trial.latency.at(percentile), tuple(trial.latency.intervals[percentile]),
-                                         model, work, reference, threads, other, threads)
-        mean, _, _ = transfer(trial.latency.mean, (trial.latency.mean, trial.latency.mean), model, work,
-                              reference, threads, other, threads)
-        return _Figure(point, interval, mean), kind
+        latency, interval, kind = transfer(point.latency_ms, point.interval_ms, model, work, reference, threads,
+                                           other, threads)
+        mean, _, _ = transfer(point.mean_ms, (point.mean_ms, point.mean_ms), model, work, reference, threads, other,
+                              threads)
+        return replace(point, latency_ms=latency, interval_ms=interval, mean_ms=mean), kind
 
     def fits_of(self, target_id: str) -> dict[str, dict]:
         return {backend: m.to_dict() for (t, backend), m in self.models.items() if t == target_id}
 
 
 def _row(inputs: RankingInputs, name: str, provider: str, region: str, price: float | None, curve: CandidateCurve,
-         figures: dict[int, _Figure], source: str, notes: tuple[str, ...], memory_gib: float | None) -> RankedRow:
+         figures: dict[int, BatchPoint], source: str, notes: tuple[str, ...], memory_gib: float | None,
+         fit: BatchCurve | None = None) -> RankedRow:
     slo = inputs.slo
     slo_batch = inputs.batch_size or 1
     judged = figures[slo_batch]
-    verdict = judge(slo, judged.latency_ms, judged.interval)
+    verdict = judge(slo, judged.latency_ms, judged.interval_ms)
     # the cheapest way to serve: the largest batch whose latency (plus the wait to fill it) still meets the SLO
-    best_batch, best_throughput = slo_batch, throughput_per_s(slo_batch, judged.mean_ms)
+    best, best_throughput = judged, throughput_per_s(slo_batch, judged.mean_ms)
     for batch, figure in sorted(figures.items()):
         if inputs.batch_size is not None and batch != inputs.batch_size:
             continue
-        if figure.interval[1] + batching_window_ms(batch, inputs.qps) <= slo.latency_ms:
+        if figure.interval_ms[1] + batching_window_ms(batch, inputs.qps) <= slo.latency_ms:
             throughput = throughput_per_s(batch, figure.mean_ms)
             if throughput > best_throughput:
-                best_batch, best_throughput = batch, throughput
+                best, best_throughput = figure, throughput
+    best_batch = best.batch_size
+    if best.basis != "measured" and fit is not None:
+        beyond = (f" (cap {fit.max_batch_size}: {EXTRAPOLATION_CAP}x the largest measured)"
+                  if best.basis == "extrapolated" else "")
+        notes = (*notes, f"batch {best_batch} {best.basis}{beyond}: {fit.describe()}")
+        memory_gib = _memory(inputs, curve, best_batch)
     cost = cost_per_million(price, best_throughput) if price else None
     needed = instances_needed(inputs.qps, best_throughput, inputs.utilisation) if inputs.qps else None
     monthly = monthly_cost(needed, price) if needed and price else None
     trial = curve.by_batch[slo_batch]
-    if source == "estimated" and verdict.verdict != "misses" and judged.interval[1] > slo.latency_ms:
+    if source == "estimated" and verdict.verdict != "misses" and judged.interval_ms[1] > slo.latency_ms:
         notes = (*notes, "verify on the instance: the estimate's interval crosses the SLO")
     return RankedRow(
         instance=name, provider=provider, region=region, price_per_hour=price, backend=curve.backend,
         trial_id=trial.id, config=dict(curve.config), target=curve.target, batch_size=best_batch, source=source,
-        latency_ms=judged.latency_ms, latency_ms_interval=judged.interval, slo_verdict=verdict.verdict,
+        latency_ms=judged.latency_ms, latency_ms_interval=judged.interval_ms, slo_verdict=verdict.verdict,
         slo_margin_ms=verdict.margin_ms, meets_slo=verdict.meets, cost_per_million=cost, instances_needed=needed,
-        monthly_cost=monthly, memory_needed_gib=memory_gib, throughput_per_s=best_throughput, notes=notes)
+        monthly_cost=monthly, memory_needed_gib=memory_gib, throughput_per_s=best_throughput, notes=notes,
+        batch_basis=best.basis)
 
 
 def _better(a: RankedRow, b: RankedRow | None) -> bool:
@@ -266,10 +288,11 @@ def _portability_note(curve_backend: str, kind: str) -> str | None:
     return None
 
 
-def _memory(inputs: RankingInputs, curve: CandidateCurve) -> float:
+def _memory(inputs: RankingInputs, curve: CandidateCurve, batch_size: int | None = None) -> float:
+    """At the largest measured batch, or at `batch_size` when that is larger (a fitted batch beyond them)."""
     peak = max((t.peak_rss_mib or 0) for t in curve.by_batch.values())
     activations = max(inputs.info.bytes_moved - inputs.info.weight_bytes, 0)
-    largest = max(curve.by_batch)
+    largest = max(max(curve.by_batch), batch_size or 0)
     return memory_needed_gib(inputs.info.weight_bytes, activations, largest, peak or None)
 
 
@@ -298,6 +321,7 @@ def rank(inputs: RankingInputs) -> Ranking:
     measured_targets = [t for t in inputs.targets if any(c.target == t.id for c in curves)]
     hardware = {t.id: target_hardware(t, inputs.catalog) for t in measured_targets}
     estimator = _Estimator(inputs, [(t, hardware[t.id][0]) for t in measured_targets])
+    batch_fits = {id(c): c.batch_curve(inputs.slo.percentile) for c in curves}
     rows: list[RankedRow] = []
     excluded: list[dict] = []
     attached: set[str] = set()
@@ -320,13 +344,15 @@ def rank(inputs: RankingInputs) -> Ranking:
             if memory_reason:
                 continue
             notes: tuple[str, ...] = ()
-            if source == "measured":
-                figures = {b: _measured_figure(t, inputs.slo.percentile) for b, t in curve.by_batch.items()}
-            else:
-                figures, kind = {}, ""
-                ref_hw = hardware[curve.target][0]
-                for batch, trial in curve.by_batch.items():
-                    figures[batch], kind = estimator.figure(trial, ref_hw, instance)
+            fit = batch_fits[id(curve)]
+            figures = _with_fitted(curve.points(inputs.slo.percentile), fit, inputs,
+                                   lambda b: _fits(instance, _memory(inputs, curve, b)) is None)
+            if source == "estimated":
+                # the fitted points move to the instance with the same transfer as the measured ones
+                ref_hw, trial = hardware[curve.target][0], next(iter(curve.by_batch.values()))
+                moved = {b: estimator.figure(point, trial, ref_hw, instance) for b, point in figures.items()}
+                figures = {b: point for b, (point, _) in moved.items()}
+                kind = moved[slo_batch][1]
                 notes = (f"estimated from {curve.target} measurements ({kind.replace('_', ' ')})",)
                 if kind == "gpu_from_cpu":
                     notes = (*notes, "not recommendable: no GPU was measured; run advisor on a GPU host or a "
@@ -335,7 +361,7 @@ def rank(inputs: RankingInputs) -> Ranking:
             if portability:
                 notes = (*notes, portability)
             row = _row(inputs, instance.name, instance.provider, instance.region, instance.price_per_hour, curve,
-                       figures, source, notes, memory)
+                       figures, source, notes, memory, fit)
             if source == "estimated" and (kind == "gpu_from_cpu" or portability):
                 row = replace(row, recommendable=False)
             if _better(row, best):
@@ -352,10 +378,14 @@ def rank(inputs: RankingInputs) -> Ranking:
         # this machine matches no catalogue entry: it is still a measured row, priced only with --local-price
         best = None
         for curve in (c for c in curves if c.target == target.id):
-            figures = {b: _measured_figure(t, inputs.slo.percentile) for b, t in curve.by_batch.items()}
+            capacity = target.gpu.memory_gib if target.gpu is not None and target.kind == "cuda" else \
+                target.cpu.memory_gib
+            figures = _with_fitted(curve.points(inputs.slo.percentile), batch_fits[id(curve)], inputs,
+                                   lambda b: not capacity or _memory(inputs, curve, b) <= capacity)
             row = _row(inputs, f"local ({target.label})", "local", "-", inputs.local_price_per_hour, curve, figures,
                        "measured", ("this machine; pass --local-price to price it",) if
-                       inputs.local_price_per_hour is None else ("this machine",), _memory(inputs, curve))
+                       inputs.local_price_per_hour is None else ("this machine",), _memory(inputs, curve),
+                       batch_fits[id(curve)])
             if _better(row, best):
                 best = row
         if best is not None:
@@ -389,7 +419,10 @@ def rank(inputs: RankingInputs) -> Ranking:
                                               default=None),
                                    "fits": estimator.fits_of(tid)}
                              for tid, hw in hardware.items()},
-                 "cross_hardware_factors": dict(CROSS_HARDWARE_FACTOR)}
+                 "cross_hardware_factors": dict(CROSS_HARDWARE_FACTOR),
+                 "batch_fits": [{"backend": c.backend, "target": c.target, "config": dict(c.config),
+                                 "percentile": inputs.slo.percentile, **batch_fits[id(c)].to_dict()}
+                                for c in curves if batch_fits[id(c)] is not None]}
     local = next((hardware[t.id][0] for t in measured_targets if t.id == "cpu"), None)
     local_peaks = {"peak_gflops": local.peak_gflops, "peak_bandwidth_gbs": local.bandwidth_gbs} if local else {}
     return Ranking(tuple(rows), tuple(excluded), _pareto(rows), recommendation, closest, costmodel, local_peaks)

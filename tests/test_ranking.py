@@ -204,3 +204,96 @@ def test_a_tuned_tvm_build_is_recommended_only_where_it_was_compiled(info):
     for row in ranking.rows:
         if row.backend == "tvm" and row.recommendable:
             assert catalog[row.instance].cpu.microarchitecture == "znver3", row.instance
+
+
+# --- latency against batch size (advisor.sizing.BatchCurve) ---------------------------------------------------
+
+def _sweep(fixed_ms: float, per_item_ms: float, batches=(1, 2, 4, 8)) -> list[Trial]:
+    return [_trial("cpu", b, fixed_ms + per_item_ms * b) for b in batches]
+
+
+def _exact(batch: int, ms: float) -> Trial:
+    """A trial whose every sample is `ms`: its percentiles, interval and mean are exactly `ms` (hand arithmetic)."""
+    return Trial(id=f"ort-b{batch}", backend="onnxruntime", target="cpu",
+                 config={"provider": "CPUExecutionProvider", "intra_op_threads": 0, "precision": "fp32"},
+                 batch_size=batch, status="ok", latency=LatencyStats.from_samples([ms] * 50), phase="sweep",
+                 peak_rss_mib=150.0)
+
+
+def _curve(trials):
+    from advisor.ranking import CandidateCurve
+
+    return CandidateCurve("onnxruntime", "cpu", dict(trials[0].config), {t.batch_size: t for t in trials})
+
+
+@pytest.mark.parametrize("fixed_ms, per_item_ms", [(2.0, 0.5), (0.1, 1.0), (1.0, 0.0)])
+def test_batch_fit_recovers_fixed_and_per_item_costs(fixed_ms, per_item_ms):
+    """Sweeps drawn around a known line (2 % noise): the median and mean lines recover both costs; a flat curve
+    (a GPU below saturation) gets no negative per-item cost."""
+    fit = _curve(_sweep(fixed_ms, per_item_ms)).batch_curve("p50")
+    for line in (fit.latency, fit.mean):
+        assert line.fixed_ms == pytest.approx(fixed_ms, rel=0.05, abs=0.01)
+        assert line.per_item_ms == pytest.approx(per_item_ms, rel=0.05, abs=0.01)
+        assert line.per_item_ms >= 0 and line.residual_band[0] > 0.97 and line.residual_band[1] < 1.03
+    if per_item_ms:
+        assert fit.latency.r2 > 0.99
+    assert fit.measured_batch_sizes == (1, 2, 4, 8) and fit.max_batch_size == 16
+    assert 0.97 < fit.extrapolation_ratios[0] < 1.03
+
+
+def test_sizing_an_interpolated_batch_by_hand(info):
+    """latency = 2 + 1 ms x batch, measured exactly at 1, 2, 4, 8; SLO 10 ms, 3000 qps, 70 % utilisation.
+    Batch 6: 8 ms + the wait to fill it, 5 / 3000 s = 1.667 ms -> 9.67 ms, meets; batch 7: 9 + 2 = 11, misses;
+    batch 8 (measured): 10 + 2.33, misses. Batch 6 runs 6 / 8 ms = 750/s; 3000 / (750 x 0.7) = 5.7 -> 6
+    instances, 6 x price x 730 h a month."""
+    trials = [_exact(b, 2.0 + b) for b in (1, 2, 4, 8)]
+    ranking = rank(_inputs(info, trials, [Target("cpu", "cpu", ZEN3)], 10.0, qps=3000))
+    row = next(r for r in ranking.rows if r.instance == "c6a.large")
+    assert row.source == "measured" and row.batch_size == 6 and row.batch_basis == "interpolated"
+    assert row.throughput_per_s == pytest.approx(750.0)
+    assert row.instances_needed == 6
+    assert row.monthly_cost == 6 * row.price_per_hour * 730
+    assert row.cost_per_million == pytest.approx(row.price_per_hour / (750.0 * 3600) * 1e6)
+    assert any(n.startswith("batch 6 interpolated: latency 2 + 1 ms x batch") for n in row.notes), row.notes
+    assert row.latency_ms == 3.0 and row.latency_ms_interval == (3.0, 3.0)  # the SLO verdict: measured batch 1
+    assert row.to_dict()["batch_basis"] == "interpolated"
+    (fit,) = ranking.costmodel["batch_fits"]
+    assert fit["latency"]["fixed_ms"] == pytest.approx(2.0) and fit["latency"]["per_item_ms"] == pytest.approx(1.0)
+    assert fit["latency"]["r2"] == pytest.approx(1.0) and fit["max_batch_size"] == 16
+    for other in ranking.rows:  # estimated rows: the fitted points moved like the measured ones, and labelled
+        if other.batch_basis != "measured":
+            assert any(n.startswith(f"batch {other.batch_size} {other.batch_basis}") for n in other.notes)
+        assert other.batch_size <= 16
+
+
+def test_a_measurement_is_never_replaced_by_the_fit(info):
+    """Batch 8 measured at 9 ms, under the line through 1, 2, 4 (10 ms): sizing uses the 9 ms it saw."""
+    trials = [_exact(b, 2.0 + b) for b in (1, 2, 4)] + [_exact(8, 9.0)]
+    row = next(r for r in rank(_inputs(info, trials, [Target("cpu", "cpu", ZEN3)], 9.5)).rows
+               if r.instance == "c6a.large")
+    assert row.batch_size == 8 and row.batch_basis == "measured"
+    assert row.throughput_per_s == 8 * 1000 / 9.0
+
+
+def test_no_extrapolation_past_the_cap(info):
+    """With an SLO nothing strains, the largest batch sizing may pick is 2x the largest measured (and none beyond
+    the measured ones with only two sizes: a line through two points has no residuals to trust)."""
+    local = [Target("cpu", "cpu", ZEN3)]
+    three = rank(_inputs(info, [_exact(b, 1.0 + 0.5 * b) for b in (1, 2, 4)], local, 1000.0))
+    c6a = next(r for r in three.rows if r.instance == "c6a.large")
+    assert c6a.batch_size == 8 and c6a.batch_basis == "extrapolated"
+    assert c6a.throughput_per_s == pytest.approx(8 * 1000 / 5.0)
+    assert any("cap 8: 2x the largest measured" in n for n in c6a.notes)
+    assert max(r.batch_size for r in three.rows) == 8
+    two = rank(_inputs(info, [_exact(b, 1.0 + 0.5 * b) for b in (1, 2)], local, 1000.0))
+    assert {r.batch_size for r in two.rows} == {2} and {r.batch_basis for r in two.rows} == {"measured"}
+    assert two.costmodel["batch_fits"][0]["extrapolation_check"] is None
+
+
+def test_a_candidate_measured_at_one_batch_size_has_no_fit(info):
+    ranking = rank(_inputs(info, [_exact(1, 4.0)], [Target("cpu", "cpu", ZEN3)], 50.0, qps=1000))
+    assert ranking.costmodel["batch_fits"] == []
+    row = next(r for r in ranking.rows if r.instance == "c6a.large")
+    assert row.batch_size == 1 and row.batch_basis == "measured" and row.throughput_per_s == 250.0
+    assert row.instances_needed == math.ceil(1000 / (250.0 * 0.7)) == 6
+    assert not any("interpolated" in n or "extrapolated" in n for r in ranking.rows for n in r.notes)
