@@ -37,7 +37,12 @@ class ArtifactRequest:
 
 
 def build_artifact(request: ArtifactRequest, dest: Path, timeout_s: float, log_path: Path | None) -> Path:
-    """Export the candidate (isolated: compilers may crash), write manifest.json, and pack DEST.tar.gz."""
+    """Export the candidate (isolated: compilers may crash), write manifest.json, and pack DEST.tar.gz.
+
+    Everything is written into DEST.partial/ and renamed to DEST at the end, so DEST is only ever a whole
+    artifact (an interrupted export leaves the previous one, or none)."""
+    final = dest
+    dest = final.with_name(final.name + ".partial")
     if dest.exists():
         shutil.rmtree(dest)
     model_dir = dest / "model"
@@ -70,9 +75,12 @@ def build_artifact(request: ArtifactRequest, dest: Path, timeout_s: float, log_p
         "files": files,
     }
     write_json_atomic(dest / MANIFEST, manifest)
-    tarball = dest.with_name(dest.name + ".tar.gz")
+    tarball = final.with_name(final.name + ".tar.gz")
     partial = tarball.with_name(tarball.name + ".partial")
     with tarfile.open(partial, "w:gz") as archive:
-        archive.add(dest, arcname=dest.name)
+        archive.add(dest, arcname=final.name)
+    if final.exists():
+        shutil.rmtree(final)
+    dest.rename(final)
     partial.replace(tarball)
-    return dest
+    return final

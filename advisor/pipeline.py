@@ -131,7 +131,7 @@ def _recommend_in(run: RunFolder, info: ModelInfo, catalog, config: RecommendCon
     artifact_error = None
     if ranking.recommendation is not None and config.make_artifact:
         progress.stage("exporting the artifact")
-        chosen = next(t for t in trials if t.id == ranking.recommendation.trial_id)
+        chosen = artifact_trial(ranking.recommendation.to_dict(), trials)
         ctx = artifact_context(chosen, targets, info, config, run)
         request = ArtifactRequest(chosen, ctx, config.slo, ranking.recommendation.to_dict())
         try:
@@ -148,6 +148,19 @@ def _recommend_in(run: RunFolder, info: ModelInfo, catalog, config: RecommendCon
     return RunResult(report, exit_code, run.path)
 
 
+
+
+def artifact_trial(row: dict, trials: list[Trial]) -> Trial:
+    """The trial to package for a ranking row. A backend whose builds are compiled for one shape (TVM, TensorRT)
+    is packaged from its trial at the batch size the row was sized at, when one was measured: that is the
+    build that serves the sized load. Otherwise the row's own trial (any batch size runs on it)."""
+    from tuners.registry import accepts_any_batch
+
+    own = next(t for t in trials if t.id == row["trial_id"])
+    if accepts_any_batch(own.backend) or row.get("batch_size") in (None, own.batch_size):
+        return own
+    return next((t for t in trials if t.ok and t.backend == own.backend and t.target == own.target
+                 and t.config == own.config and t.batch_size == row["batch_size"]), own)
 
 
 def artifact_context(trial: Trial, targets: tuple[Target, ...], info: ModelInfo, config: RecommendConfig,

@@ -321,7 +321,11 @@ def rank(inputs: RankingInputs) -> Ranking:
     measured_targets = [t for t in inputs.targets if any(c.target == t.id for c in curves)]
     hardware = {t.id: target_hardware(t, inputs.catalog) for t in measured_targets}
     estimator = _Estimator(inputs, [(t, hardware[t.id][0]) for t in measured_targets])
-    batch_fits = {id(c): c.batch_curve(inputs.slo.percentile) for c in curves}
+    from tuners.registry import accepts_any_batch  # here: a malformed ADVISOR_TUNERS must not break the import
+
+    # a build compiled for one shape (TVM, TensorRT) serves only the batch sizes it was built and measured at
+    batch_fits = {id(c): c.batch_curve(inputs.slo.percentile) if accepts_any_batch(c.backend) else None
+                  for c in curves}
     rows: list[RankedRow] = []
     excluded: list[dict] = []
     attached: set[str] = set()

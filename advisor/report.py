@@ -3,7 +3,6 @@ other tools read. Documented in docs/report-json.md; fields may be added, never 
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -114,5 +113,5 @@ def write_report(report: dict, run_dir: Path, json_copy: Path | None) -> dict[st
     paths.update(write_reports(report, run_dir))
     if json_copy is not None:
         json_copy.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(paths["json"], json_copy)
+        write_json_atomic(json_copy, report)
     return paths

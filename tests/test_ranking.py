@@ -297,3 +297,28 @@ def test_a_candidate_measured_at_one_batch_size_has_no_fit(info):
     assert row.batch_size == 1 and row.batch_basis == "measured" and row.throughput_per_s == 250.0
     assert row.instances_needed == math.ceil(1000 / (250.0 * 0.7)) == 6
     assert not any("interpolated" in n or "extrapolated" in n for r in ranking.rows for n in r.notes)
+
+
+def test_a_fixed_shape_build_is_packaged_at_the_batch_size_it_was_sized_at():
+    """A TVM build serves only its own shape: the artifact for a row sized at batch 8 is the batch-8 build; an ONNX
+    Runtime session serves any batch, so its row's own trial is packaged."""
+    from dataclasses import replace as with_
+
+    from advisor.pipeline import artifact_trial
+
+    b1, b8 = _trial("cpu", 1, 1.0), _trial("cpu", 8, 5.0, phase="sweep")
+    tvm1, tvm8 = (with_(t, id=t.id.replace("ort", "tvm"), backend="tvm", config={"tuned": True}) for t in (b1, b8))
+    trials = [b1, b8, tvm1, tvm8]
+    assert artifact_trial({"trial_id": tvm1.id, "batch_size": 8}, trials) is tvm8
+    assert artifact_trial({"trial_id": tvm1.id, "batch_size": 4}, trials) is tvm1  # no batch-4 build: its own
+    assert artifact_trial({"trial_id": b1.id, "batch_size": 8}, trials) is b1
+
+
+def test_fixed_shape_backends_are_sized_only_at_measured_batch_sizes(info):
+    from dataclasses import replace as with_
+
+    local = Target("cpu", "cpu", ZEN3)
+    tvm = [with_(t, id=t.id.replace("ort", "tvm"), backend="tvm", config={"tuned": True, "num_threads": 2})
+           for t in _local_trials() if t.config["intra_op_threads"] == 0]
+    ranking = rank(_inputs(info, tvm, (local,), slo_ms=1000, qps=5000))
+    assert ranking.rows and all(r.batch_size in (1, 2, 4, 8) and r.batch_basis == "measured" for r in ranking.rows)

@@ -20,6 +20,7 @@ class TunerEntry:
     extra: str | None  # pip extra that installs its dependencies
     budget_weight: float  # share of the tuning budget relative to the other backends on the same target
     description: str
+    any_batch: bool = True  # one build serves every batch size (False: builds are compiled for one shape)
 
 
 TUNERS: dict[str, TunerEntry] = {
@@ -28,8 +29,10 @@ TUNERS: dict[str, TunerEntry] = {
         TunerEntry("onnxruntime", "tuners.onnxruntime:OnnxRuntimeTuner", None, 1.0,
                    "ONNX Runtime: execution providers, graph optimisation, threads, dynamic int8"),
         TunerEntry("tvm", "tuners.tvm:TvmTuner", "tvm", 2.0,
-                   "Apache TVM: Relax import, default build and MetaSchedule tuning with a persistent database"),
-        TunerEntry("tensorrt", "tuners.tensorrt:TensorRtTuner", "tensorrt", 1.0, "NVIDIA TensorRT engines"),
+                   "Apache TVM: Relax import, default build and MetaSchedule tuning with a persistent database",
+                   any_batch=False),
+        TunerEntry("tensorrt", "tuners.tensorrt:TensorRtTuner", "tensorrt", 1.0, "NVIDIA TensorRT engines",
+                   any_batch=False),
     )
 }
 
@@ -46,6 +49,12 @@ def _plugins(spec: str) -> dict[str, TunerEntry]:
 
 
 TUNERS.update(_plugins(os.environ.get("ADVISOR_TUNERS", "")))
+
+
+def accepts_any_batch(name: str) -> bool:
+    """Whether a build of this backend serves batch sizes it was not measured at (sizing may then interpolate)."""
+    entry = TUNERS.get(name)
+    return entry.any_batch if entry else True
 
 
 def tuner_names() -> list[str]:

@@ -105,6 +105,14 @@ def find_row(run: RunRecord, instance: str) -> dict:
     raise UserError(f"unknown instance {instance!r}: {run.report_path} does not rank it ({hint})")
 
 
+def _run_trials(run: RunRecord) -> list[Trial]:
+    """Every trial of the run: the log, else the report's copy."""
+    from advisor.trials import Trial, TrialLog
+
+    logged = TrialLog(run.path / "trials.jsonl").all() if (run.path / "trials.jsonl").exists() else []
+    return logged or [Trial.from_dict(t) for t in run.report.get("trials") or [] if isinstance(t, dict)]
+
+
 def _find_trial(run: RunRecord, trial_id: str) -> Trial:
     """The trial a row rests on, from trials.jsonl (the run's own log), else from report.json's copy of it."""
     from advisor.trials import Trial, TrialLog
@@ -201,13 +209,14 @@ def package(run_dir: Path, instance: str, dest: Path | None = None, model: Path 
     from filelock import FileLock, Timeout
 
     from advisor.artifact import ArtifactRequest, build_artifact
-    from advisor.pipeline import ARTIFACT_TIMEOUT_S, artifact_context
+    from advisor.pipeline import ARTIFACT_TIMEOUT_S, artifact_context, artifact_trial
     from advisor.runfolder import RunFolder
     from advisor.trials import TrialLog
 
     run = read_run(run_dir)
     row = find_row(run, instance)
     trial = _find_trial(run, row["trial_id"])
+    trial = artifact_trial(row, [trial, *_run_trials(run)])
     targets = _targets(run)
     if not any(t.id == trial.target for t in targets):
         raise UserError(f"trial {trial.id} ran on target {trial.target!r}, which {run.report_path} does not list")
