@@ -274,3 +274,21 @@ def test_a_crashing_tvm_worker_is_a_failed_trial(cpu, small_cnn, tmp_path):
     assert crashed and all(t["status"] == "failed" for t in crashed)
     assert "SIGSEGV" in crashed[0]["reason"]
     assert any(t["backend"] == "onnxruntime" and t["status"] == "ok" for t in report["trials"])
+
+
+def test_a_cuda_target_without_a_cuda_runtime_is_unavailable_with_the_reason(cpu):
+    """On a machine without an NVIDIA driver (or a TVM built without CUDA) the GPU target is reported, not tried."""
+    import tvm
+
+    from hwprofiles.targets import GpuInfo, Target
+    from tuners import tvm_compile
+
+    gpu = GpuInfo(index=0, name="NVIDIA A10G", memory_gib=22.0, compute_capability="8.6", driver_version="535.104.05",
+                  cuda_version="12.2", catalog_type="A10G")
+    target = Target("cuda:0", "cuda", cpu.cpu, gpu)
+    assert tvm_compile.target_spec(target) == {"kind": "cuda", "arch": "sm_86"}
+    availability = TvmTuner().availability(target)
+    if tvm.runtime.enabled("cuda") and tvm.cuda(0).exist:
+        assert availability.available
+    else:
+        assert not availability.available and "CUDA" in availability.reason
