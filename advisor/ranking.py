@@ -416,7 +416,10 @@ def rank(inputs: RankingInputs) -> Ranking:
                     _with_note(r, f"near-tie with {recommendation.instance} (within {NEAR_TIE:.0%} on cost)")
                     if r.instance in tied else r for r in rows]
             recommendation = noted
-    closest = None if recommendation else min(rows, key=lambda r: r.latency_ms / inputs.slo.latency_ms, default=None)
+    # how close the best came, among rows one could act on: a GPU figure estimated from CPU runs is no near-miss
+    actionable = [r for r in rows if r.recommendable] or rows
+    closest = None if recommendation else min(actionable, key=lambda r: r.latency_ms / inputs.slo.latency_ms,
+                                              default=None)
     costmodel = {"targets": {tid: {"figures": hw[1], "peak_gflops": hw[0].peak_gflops,
                                    "bandwidth_gbs": hw[0].bandwidth_gbs, "cores": hw[0].cores,
                                    "fit": max(estimator.fits_of(tid).values(), key=lambda f: f["observations"],

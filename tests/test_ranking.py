@@ -102,6 +102,7 @@ def test_nothing_meets_the_slo(info):
     ranking = rank(_inputs(info, _local_trials(), [Target("cpu", "cpu", ZEN3)], 0.01))
     assert ranking.recommendation is None
     assert ranking.closest_miss is not None and ranking.closest_miss.latency_ms > 0.01
+    assert ranking.closest_miss.recommendable, "a GPU estimated from CPU runs is not a near-miss one can act on"
     assert not any(r.meets_slo for r in ranking.rows)
 
 
