@@ -7,7 +7,7 @@ whose names contain `<script>` or table syntax cannot inject markup or break the
 from __future__ import annotations
 
 from reports import formatting as fmt
-from reports.view import context
+from reports.view import batch_basis, context
 
 TOP_ROWS = 5
 MAX_PROBLEMS = 8
@@ -27,6 +27,12 @@ def _interval(row: dict) -> str:
     if isinstance(interval, (list, tuple)) and len(interval) == 2:
         return f"{fmt.ms(interval[0])}–{fmt.ms(interval[1])}"
     return fmt.DASH
+
+
+def _batch(row: dict) -> str:
+    """The batch a row is costed at, with its basis when fitted: `6 (interpolated)`."""
+    basis = batch_basis(row)
+    return f"{md(row.get('batch_size') or 1)}" + (f" ({basis['basis']})" if basis else "")
 
 
 def _row_dict(value) -> dict | None:
@@ -60,7 +66,11 @@ def render_markdown(report: dict) -> str:
         if rec.get("why"):
             lines.append(f"Why: {md(str(rec['why']).rstrip('.'))}.")
         config = fmt.config_text(rec.get("config"), {"stock"})
-        lines.append(f"Settings: {md(config)} · batch {md(rec.get('batch_size', 1))}")
+        lines.append(f"Settings: {md(config)} · batch {_batch(rec)}")
+        basis = batch_basis(rec)
+        if basis:
+            lines.append(f"Not measured: {md(basis['note'])}. Measure batch {md(basis['batch'])} before deploying "
+                         "at it.")
     else:
         lines.append(f"### advisor: no instance meets the SLO ({md(slo_text)})")
         lines.append("")
@@ -75,14 +85,14 @@ def render_markdown(report: dict) -> str:
             lines.append("**No instance meets the SLO.**")
     rows = [r for r in report.get("ranking") or [] if isinstance(r, dict)][:TOP_ROWS]
     if rows:
-        lines += ["", f"| # | instance | backend | source | {percentile} ms | 95% interval | SLO | $/h | $/M inferences"
-                      + (" | $/month |" if fmt.is_number(qps) else " |"),
-                  "|--:|---|---|---|--:|---|---|--:|--:|" + ("--:|" if fmt.is_number(qps) else "")]
+        lines += ["", f"| # | instance | backend | source | {percentile} ms | 95% interval | SLO | $/h | batch | "
+                      "$/M inferences" + (" | $/month |" if fmt.is_number(qps) else " |"),
+                  "|--:|---|---|---|--:|---|---|--:|--:|--:|" + ("--:|" if fmt.is_number(qps) else "")]
         for index, row in enumerate(rows, start=1):
             cells = [str(index), md(row.get("instance")), md(row.get("backend")), md(row.get("source")),
                      fmt.ms(row.get("latency_ms")), _interval(row),
                      md(row.get("slo_verdict") or ("meets" if row.get("meets_slo") else "misses")),
-                     fmt.money(row.get("price_per_hour")), fmt.money(row.get("cost_per_million"))]
+                     fmt.money(row.get("price_per_hour")), _batch(row), fmt.money(row.get("cost_per_million"))]
             if fmt.is_number(qps):
                 cells.append(fmt.money(row.get("monthly_cost")))
             lines.append("| " + " | ".join(cells) + " |")

@@ -268,6 +268,161 @@ def tuning_progress(series: Sequence[ProgressSeries], references: Sequence[Refer
     return svg.markup()
 
 
+# ---- latency against batch size ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchFitCurve:
+    """One candidate's latency-vs-batch line (`costmodel.batch_fits[]`, at the SLO percentile) and what widens a
+    fitted figure's interval: the residual band, the widest measured relative interval and, beyond the largest
+    measured size, the extrapolation check (advisor/sizing.py `BatchCurve.estimate`)."""
+
+    fixed_ms: float
+    per_item_ms: float
+    measured: tuple[int, ...]  # sorted
+    max_batch: int
+    band: tuple[float, float]
+    relative: tuple[float, float]
+    extrapolation_ratio: float | None
+
+    def at(self, batch: float) -> float:
+        return self.fixed_ms + self.per_item_ms * batch
+
+    def interval(self, batch: float) -> tuple[float, float]:
+        low, high = self.band
+        if batch > self.measured[-1] and self.extrapolation_ratio is not None:
+            low, high = min(low, self.extrapolation_ratio), max(high, self.extrapolation_ratio)
+        point = self.at(batch)
+        return point * self.relative[0] * low, point * self.relative[1] * high
+
+
+@dataclass(frozen=True)
+class BatchMeasurement:
+    batch: int
+    latency_ms: float
+    interval_ms: tuple[float, float] | None
+    phase: str
+
+
+@dataclass(frozen=True)
+class ChosenBatch:
+    batch: int
+    instance: str
+    basis: str  # measured | interpolated | extrapolated
+
+
+def batch_fit(curve: BatchFitCurve | None, measured: Sequence[BatchMeasurement], *, slo_ms: float | None,
+              percentile: str, chosen: ChosenBatch | None, label: str, color: str) -> Markup:
+    """Latency at the SLO percentile against batch size for one candidate: the measured points (filled, with their
+    intervals), the fitted line (solid between measured sizes, dashed where it is extrapolated, up to the cap),
+    the fitted figures' interval as a band, the SLO, and the batch the instance was sized at."""
+    if curve is None or not curve.measured:
+        return note("No latency-vs-batch fit to plot.")
+    width, height = 960, 380
+    frame = Frame(84, 64, width - 28, height - 58)
+    first, largest, cap = curve.measured[0], curve.measured[-1], max(curve.max_batch, curve.measured[-1])
+    x = Scale(0.0, cap * 1.04 + 0.5, frame.left, frame.right)
+    firm = [m.latency_ms for m in measured] + [m.interval_ms[1] for m in measured if m.interval_ms] + \
+        [curve.at(cap) * 1.1, curve.at(largest) * 1.1]
+    top = max(v for v in firm if _number(v))
+    # the band may be far wider than the points (a noisy fit): it runs off the top rather than flatten them
+    values = firm + [min(curve.interval(cap)[1], top * 1.6)]
+    slo_shown = _number(slo_ms) and 0 < slo_ms <= top * 1.6
+    if slo_shown:
+        values.append(slo_ms)
+    y = auto_scale(values, frame.bottom, frame.top, log=False, zero=True, pad=0.06)
+    svg = Svg(width, height, f"{percentile} latency against batch size: {label}")
+    ticks = sorted({*curve.measured, cap})
+    axes(svg, frame, x, y, x_title="batch size (ticks: measured sizes and the fit's cap)",
+         y_title=f"{percentile} latency per batch (ms)", x_ticks=ticks)
+    # the two ranges a fitted batch can fall in, as ribbons along the top (the band below stays readable)
+    ribbons = [(first, largest, "interpolated between measured sizes", "#e2e8f0", MUTED,
+                "interpolated: between measured sizes, on the fitted line")]
+    if cap > largest:
+        ribbons.append((largest, cap, "extrapolated (≤ 2× the largest measured)", "#fde68a", "#92400e",
+                        f"extrapolated: batch {largest + 1}–{cap}, beyond the largest measured size (at most 2× "
+                        "it); the interval is widened by the extrapolation check"))
+    for low, high, text, fill, ink, tooltip in ribbons:
+        if high <= low:
+            continue
+        left, right = x(low), x(high)
+        svg.open("g", tooltip=tooltip)
+        svg.add("rect", x=left, y=frame.top, width=right - left, height=20, fill=fill, fill_opacity=0.7)
+        room = (right - left - 8) / (11 * CHAR_PX)
+        shown = text if len(text) <= room else text.split(" ")[0] if len(text.split(" ")[0]) <= room else ""
+        if shown:
+            svg.text((left + right) / 2, frame.top + 14, shown, size=11, anchor="middle", fill=ink, weight="600")
+        svg.close()
+    if cap > largest:
+        svg.line(x(largest), frame.top, x(largest), frame.bottom, AXIS, 1, stroke_dasharray="3 3")
+    steps = 48
+    batches = sorted({first + (cap - first) * k / steps for k in range(steps + 1)} | {largest, largest + 1e-6})
+    batches = [b for b in batches if first <= b <= cap]
+    upper = [(x(b), y.clamp(curve.interval(b)[1])) for b in batches]
+    lower = [(x(b), y.clamp(curve.interval(b)[0])) for b in reversed(batches)]
+    svg.open("g", tooltip=f"fitted figures' 95% interval: residual band ×{fmt.number(curve.band[0], 3)}–"
+                          f"×{fmt.number(curve.band[1], 3)} on the widest measured interval")
+    svg.add("polygon", points=" ".join(f"{a:.1f},{b:.1f}" for a, b in upper + lower), fill=color, fill_opacity=0.1)
+    svg.close()
+    if _number(slo_ms) and slo_ms > 0:
+        if slo_shown:
+            py = y(slo_ms)
+            svg.line(frame.left, py, frame.right, py, SLO, 1.6, stroke_dasharray="7 4")
+            svg.text(frame.left + 8, py - 6, f"SLO: {percentile} ≤ {fmt.number(slo_ms, 4)} ms", size=11.5, fill=SLO,
+                     weight="600", **HALO)
+        else:
+            svg.text(frame.right, frame.top - 8, f"SLO {fmt.number(slo_ms, 4)} ms: above the plot ↑", size=11.5,
+                     anchor="end", fill=SLO, weight="600")
+    line = f"{fmt.ms(curve.fixed_ms)} + {fmt.ms(curve.per_item_ms)} ms × batch"
+    svg.open("g", tooltip=f"fitted: {percentile} latency = {line}, measured at {', '.join(map(str, curve.measured))}")
+    svg.polyline([(x(first), y.clamp(curve.at(first))), (x(largest), y.clamp(curve.at(largest)))], color, 2.2)
+    if cap > largest:
+        svg.polyline([(x(largest), y.clamp(curve.at(largest))), (x(cap), y.clamp(curve.at(cap)))], color, 2.2,
+                     stroke_dasharray="7 5")
+    svg.close()
+    svg.text(x(cap) - 4, y.clamp(curve.at(cap)) - 10, line, size=11.5, anchor="end", fill=color, weight="600",
+             **HALO)
+    if chosen is not None and 0 < chosen.batch <= cap:
+        px = x(chosen.batch)
+        svg.line(px, frame.top + 20, px, frame.bottom, INK, 1.2, stroke_dasharray="2 3")
+        text = f"{chosen.instance}: sized at batch {chosen.batch} ({chosen.basis})"
+        anchor = "start" if px < frame.left + frame.width * 0.6 else "end"
+        svg.text(px + (6 if anchor == "start" else -6), frame.top + 36, text, size=12, anchor=anchor, fill=INK,
+                 weight="600", **HALO)
+        if chosen.batch not in curve.measured and first < chosen.batch <= cap:
+            low, high = curve.interval(chosen.batch)
+            svg.open("g", tooltip=f"batch {chosen.batch}, {chosen.basis} (never measured): {percentile} "
+                                  f"{fmt.ms(curve.at(chosen.batch))} ms [{fmt.ms(low)}–{fmt.ms(high)}]")
+            svg.add("circle", cx=px, cy=y.clamp(curve.at(chosen.batch)), r=5.5, fill="#ffffff", stroke=color,
+                    stroke_width=2.2)
+            svg.close()
+    for point in measured:
+        if not 0 < point.batch <= cap:
+            continue
+        px, py = x(point.batch), y.clamp(point.latency_ms)
+        interval = point.interval_ms
+        text = f" [{fmt.ms(interval[0])}–{fmt.ms(interval[1])}]" if interval else ""
+        svg.open("g", tooltip=f"batch {point.batch}, measured ({point.phase}): {percentile} "
+                              f"{fmt.ms(point.latency_ms)} ms{text}")
+        if interval and interval[1] > interval[0]:
+            top_px, bottom_px = y.clamp(interval[1]), y.clamp(interval[0])
+            svg.line(px, top_px, px, bottom_px, color, 1.4, stroke_opacity=0.6)
+            svg.line(px - 3, top_px, px + 3, top_px, color, 1.4, stroke_opacity=0.6)
+            svg.line(px - 3, bottom_px, px + 3, bottom_px, color, 1.4, stroke_opacity=0.6)
+        svg.add("circle", cx=px, cy=py, r=5.5, fill=color, stroke="#ffffff", stroke_width=1.5)
+        svg.close()
+    items = [LegendItem("measured (bar: 95% interval)", "dot", color), LegendItem("fitted line", "line", color)]
+    if cap > largest:
+        items.append(LegendItem("extrapolated", "dash", color))
+    items.append(LegendItem("fitted figures' 95% interval", "box", color))
+    if chosen is not None and chosen.batch not in curve.measured:
+        items.append(LegendItem("sized batch (never measured)", "ring", color))
+    if slo_shown:
+        items.append(LegendItem("SLO", "dash", SLO))
+    legend(svg, frame.left, 24, items, max_x=frame.right)
+    return svg.markup()
+
+
 # ---- latency distributions --------------------------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ input names) reach SVG text and tooltips.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from html import escape
 
@@ -207,10 +207,12 @@ class Frame:
 
 
 def axes(svg: Svg, frame: Frame, x: Scale, y: Scale, *, x_title: str, y_title: str,
-         x_fmt: Callable[[float], str] = tick_label, y_fmt: Callable[[float], str] = tick_label) -> None:
-    """Background, gridlines at every tick, tick labels, axis lines and axis titles (with units)."""
+         x_fmt: Callable[[float], str] = tick_label, y_fmt: Callable[[float], str] = tick_label,
+         x_ticks: Sequence[float] | None = None) -> None:
+    """Background, gridlines at every tick, tick labels, axis lines and axis titles (with units); `x_ticks`
+    replaces the scale's own ticks (e.g. the batch sizes that were measured)."""
     svg.add("rect", x=frame.left, y=frame.top, width=frame.width, height=frame.height, fill="#ffffff")
-    for tick in x.ticks():
+    for tick in x.ticks() if x_ticks is None else x_ticks:
         px = x(tick)
         svg.line(px, frame.top, px, frame.bottom, GRID)
         svg.text(px, frame.bottom + 17, x_fmt(tick), size=11, anchor="middle", fill=MUTED)

@@ -37,6 +37,25 @@ def _config_key(trial: dict) -> str:
                       sort_keys=True, default=str)
 
 
+FITTED_BASES = ("interpolated", "extrapolated")
+
+
+def batch_basis(row: dict) -> dict | None:
+    """For a row sized at a fitted batch (`batch_basis` interpolated or extrapolated): the basis and the ranking's
+    note on the fit (a generic line when the note is missing). None for a measured batch or an older report."""
+    basis = row.get("batch_basis")
+    if basis not in FITTED_BASES:
+        return None
+    batch = row.get("batch_size")
+    prefix = f"batch {batch} {basis}"
+    notes = row.get("notes") if isinstance(row.get("notes"), (list, tuple)) else []
+    note = next((str(n) for n in notes if str(n).startswith(prefix)), None)
+    # the note ends with the line itself ("...: latency 2 + 1 ms x batch, fitted on batches 1, 2, 4, 8 (R² 1.000)")
+    fit = note.rsplit(": ", 1)[1] if note and ": " in note else None
+    return {"basis": basis, "batch": batch, "fit": fit,
+            "note": note or f"{prefix} from the candidate's latency-vs-batch fit: never measured at this size"}
+
+
 @dataclass(frozen=True)
 class Context:
     """What every section needs to know about the run."""
@@ -104,10 +123,13 @@ def verdict(report: dict, ctx: Context) -> dict:
         compare = [("recommended", row)] + ([("runner-up", runner_up)] if runner_up else [])
         gauge = plots.gauge(row.get("latency_ms"), row.get("latency_ms_interval"), ctx.slo_ms,
                             row.get("slo_verdict", "meets"))
-        return {"ok": True, "row": row, "gauge": gauge, "margin": _margin(row, ctx), "compare": compare,
-                "config": fmt.config_items(row.get("config"), {"stock"}), "qps": settings.get("qps")}
+        return {"ok": True, "row": row, "gauge": gauge, "margin": _margin(row, ctx),
+                "compare": [(label, other, batch_basis(other)) for label, other in compare],
+                "config": fmt.config_items(row.get("config"), {"stock"}), "qps": settings.get("qps"),
+                "basis": batch_basis(row)}
     closest = report.get("closest_miss") if isinstance(report.get("closest_miss"), dict) else None
-    info = {"ok": False, "row": closest, "qps": settings.get("qps"), "compare": [], "config": []}
+    info = {"ok": False, "row": closest, "qps": settings.get("qps"), "compare": [], "config": [],
+            "basis": batch_basis(closest) if closest else None}
     if closest and fmt.is_number(closest.get("latency_ms")):
         info["gauge"] = plots.gauge(closest["latency_ms"], closest.get("latency_ms_interval"), ctx.slo_ms,
                                     closest.get("slo_verdict", "misses"))
@@ -162,7 +184,7 @@ def ranking(report: dict, ctx: Context) -> dict:
             bar["width"] = max(bar["high"] - bar["low"], 0.8)
         view.append({**row, "position": position, "recommended": row.get("instance") == recommended,
                      "pareto": str(row.get("instance")) in pareto, "color": ctx.color(row.get("backend")),
-                     "low": low, "high": high, "bar": bar,
+                     "low": low, "high": high, "bar": bar, "basis": batch_basis(row),
                      "verdict": row.get("slo_verdict") or ("meets" if row.get("meets_slo") else "misses")})
     plot = plots.latency_vs_price(rows, slo_ms=ctx.slo_ms, percentile=ctx.percentile, pareto=sorted(pareto),
                                   colors=ctx.colors, labels=labels)
@@ -175,6 +197,107 @@ def ranking(report: dict, ctx: Context) -> dict:
             "excluded": sorted(excluded.items(), key=lambda kv: -len(kv[1])),
             "excluded_count": sum(len(v) for v in excluded.values()), "log_scale": scale.log,
             "has_qps": fmt.is_number(_dict(report.get("settings")).get("qps"))}
+
+
+# ---- sizing: latency against batch size ---------------------------------------------------------------------------
+
+
+def _fit_line(line) -> dict | None:
+    line = _dict(line)
+    fixed, per_item = line.get("fixed_ms"), line.get("per_item_ms")
+    if not (fmt.is_number(fixed) and fmt.is_number(per_item)):
+        return None
+    band = line.get("residual_band")
+    band = tuple(band) if isinstance(band, (list, tuple)) and len(band) == 2 and all(
+        fmt.is_number(v) for v in band) else None
+    return {"fixed_ms": fixed, "per_item_ms": per_item, "r2": line.get("r2") if fmt.is_number(line.get("r2")) else None,
+            "band": band, "text": f"{fmt.ms(fixed)} + {fmt.ms(per_item)} ms × batch"}
+
+
+def _pair(value) -> tuple[float, float] | None:
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(fmt.is_number(v) for v in value):
+        return float(value[0]), float(value[1])
+    return None
+
+
+def _same_candidate(fit: dict, row: dict | None) -> bool:
+    return isinstance(row, dict) and str(fit.get("backend")) == str(row.get("backend")) and \
+        _dict(fit.get("config")) == _dict(row.get("config")) and \
+        (row.get("target") is None or str(fit.get("target")) == str(row.get("target")))
+
+
+def sizing(report: dict, ctx: Context) -> dict:
+    """The latency-vs-batch fits (`costmodel.batch_fits`) behind the fitted batch sizes of the ranking: a row per
+    candidate, and for the recommended candidate (else the closest miss, else the top row) a plot of its measured
+    latencies, the fitted line and the range it was used over."""
+    fits = _list(_dict(report.get("costmodel")).get("batch_fits"))
+    ranked = _list(report.get("ranking"))
+    focus_row = next((r for r in (report.get("recommendation"), report.get("closest_miss"), *ranked[:1])
+                      if isinstance(r, dict)), None)
+    rows = []
+    for fit in fits:
+        latency, mean = _fit_line(fit.get("latency")), _fit_line(fit.get("mean"))
+        sizes = [int(b) for b in fit.get("measured_batch_sizes") or [] if fmt.is_number(b)]
+        check = _dict(fit.get("extrapolation_check"))
+        cap = fit.get("max_batch_size") if fmt.is_number(fit.get("max_batch_size")) else None
+        largest = max(sizes) if sizes else None
+        if cap is not None and largest is not None and cap > largest:
+            reach = f"{fmt.number(cap)} (extrapolated beyond {fmt.number(largest)})"
+        else:
+            reach = f"{fmt.number(cap)} (no extrapolation)" if cap is not None else fmt.DASH
+        ratios = [f"{label} ×{fmt.number(check[key], 3)}" for label, key in (("latency", "latency_ratio"),
+                                                                            ("mean", "mean_ratio"))
+                  if fmt.is_number(check.get(key))]
+        fitted_rows = [r for r in ranked if _same_candidate(fit, r) and r.get("batch_basis") in FITTED_BASES]
+        rows.append({"fit": fit, "backend": str(fit.get("backend") or "?"), "target": str(fit.get("target") or "?"),
+                     "color": ctx.color(fit.get("backend")), "varying": ctx.varying(fit),
+                     "percentile": str(fit.get("percentile") or ctx.percentile), "latency": latency, "mean": mean,
+                     "sizes": ", ".join(map(str, sizes)) or fmt.DASH, "reach": reach,
+                     "check": ", ".join(ratios) if ratios else "none (fewer than 3 measured sizes)",
+                     "relative": _pair(fit.get("relative_interval")), "used_by": len(fitted_rows),
+                     "focus": False})
+    focus = next((r for r in rows if _same_candidate(r["fit"], focus_row)), rows[0] if rows else None)
+    plot = None
+    if focus is not None:
+        focus["focus"] = True
+        chosen = focus_row.get("batch_size") if focus_row and _same_candidate(focus["fit"], focus_row) else None
+        plot = plots.batch_fit(_fit_curve(focus), _measured_points(report, focus["fit"], focus["percentile"]),
+                               slo_ms=ctx.slo_ms, percentile=focus["percentile"],
+                               chosen=plots.ChosenBatch(int(chosen), str(focus_row.get("instance")),
+                                                        str(focus_row.get("batch_basis") or "measured"))
+                               if fmt.is_number(chosen) else None,
+                               label=f"{focus['backend']} · {focus['varying']} on {focus['target']}",
+                               color=focus["color"])
+    return {"rows": rows, "plot": plot, "focus": focus, "focus_row": focus_row,
+            "predates": "batch_fits" not in _dict(report.get("costmodel"))}
+
+
+def _fit_curve(row: dict) -> plots.BatchFitCurve | None:
+    latency, fit = row["latency"], row["fit"]
+    sizes = sorted(int(b) for b in fit.get("measured_batch_sizes") or [] if fmt.is_number(b))
+    if latency is None or not sizes:
+        return None
+    check = _dict(fit.get("extrapolation_check"))
+    cap = fit.get("max_batch_size")
+    return plots.BatchFitCurve(latency["fixed_ms"], latency["per_item_ms"], tuple(sizes),
+                               int(cap) if fmt.is_number(cap) else sizes[-1], latency["band"] or (1.0, 1.0),
+                               row["relative"] or (1.0, 1.0),
+                               check.get("latency_ratio") if fmt.is_number(check.get("latency_ratio")) else None)
+
+
+def _measured_points(report: dict, fit: dict, percentile: str) -> list[plots.BatchMeasurement]:
+    """The candidate's measured figures per batch size, from the trials the ranking used: side-by-side confirm
+    figures first, then the sweep, then the search (as advisor/ranking.py picks them)."""
+    rank = {"confirm": 0, "sweep": 1, "search": 2}
+    chosen: dict[int, dict] = {}
+    trials = [t for t in _list(report.get("trials")) if t.get("status") == "ok" and _same_candidate(fit, t)
+              and fmt.is_number(t.get("batch_size")) and _latency(t, percentile) is not None]
+    for trial in sorted(trials, key=lambda t: rank.get(t.get("phase"), 3)):
+        chosen.setdefault(int(trial["batch_size"]), trial)
+    return [plots.BatchMeasurement(batch, _latency(t, percentile),
+                                   _pair(_dict(_dict(t.get("latency_ms")).get("intervals")).get(percentile)),
+                                   str(t.get("phase") or "?"))
+            for batch, t in sorted(chosen.items())]
 
 
 # ---- tuning -------------------------------------------------------------------------------------------------------
@@ -207,7 +330,8 @@ def tuning(report: dict, ctx: Context) -> list[dict]:
                          "p50": _dict(trial.get("latency_ms")).get("p50"),
                          "n": _dict(trial.get("latency_ms")).get("n"),
                          "bar": value / slowest * 100 if value and slowest else None,
-                         "details": _details_text(trial.get("details"))})
+                         "details": _details_text(trial.get("details")),
+                         "summary": tuning_summary(trial.get("details"), full=False)})
         sections.append({
             "name": name, "color": color, "rows": rows, "best": best, "stock": stock, "speedup": speedup,
             "best_varying": ctx.varying(best) if best else None,
@@ -220,8 +344,67 @@ def tuning(report: dict, ctx: Context) -> list[dict]:
 
 
 def _details_text(details) -> str:
-    hidden = {"progress", "op_class_ms"}
-    return fmt.config_text(_dict(details), hidden) if _dict(details) else ""
+    """Every detail of a trial, for the config cell's tooltip: the plotted progress and per-class times left out,
+    paths shortened to their last parts (the full path is in report.json)."""
+    details = _dict(details)
+    if not details:
+        return ""
+    shown = {k: _short_path(v) if k == "database" else v for k, v in details.items()}
+    return fmt.config_text(shown, {"progress", "op_class_ms"})
+
+
+def _short_path(value, keep: int = 2) -> str:
+    text = str(value)
+    parts = [p for p in text.replace("\\", "/").split("/") if p]
+    return text if len(parts) <= keep else "…/" + "/".join(parts[-keep:])
+
+
+STOPPED_BY = {"plan": "every task got its share", "deadline": "stopped by deadline",
+              "nothing to tune": "nothing left to tune"}
+
+
+def _count(value, noun: str) -> str:
+    return f"{fmt.number(value)} {noun}{'' if value == 1 else 's'}"
+
+
+def tuning_summary(details, full: bool = True) -> str | None:
+    """One line on what a tuning run did, from the trial's details (TVM's MetaSchedule writes these keys, see
+    docs/tvm.md): trials on tasks in time and why it stopped, and where the build's kernels came from; `full` adds
+    the tasks reused from the database, the cost model's warm start and the records added. None for a trial that
+    was not tuned."""
+    details = _dict(details)
+    number = lambda key: details.get(key) if fmt.is_number(details.get(key)) else None  # noqa: E731
+    trials = number("trials_used")
+    if trials is None:
+        return None
+    tasks, tuned, took = number("tasks"), number("tasks_tuned"), number("tuning_time_s")
+    head = _count(trials, "trial")
+    if tasks is not None:
+        head += f" on {fmt.number(tuned)} of {_count(tasks, 'task')}" if tuned is not None else \
+            f" over {_count(tasks, 'task')}"
+    if took is not None:
+        head += f" in {fmt.duration(took)}"
+    stopped = details.get("stopped_by")
+    if stopped:
+        head += f" ({STOPPED_BY.get(str(stopped), f'stopped by {stopped}')})"
+    if details.get("tuned_in"):
+        head = f"tuned in {details['tuned_in']}: {head}"
+    parts = [head]
+    if full and number("tasks_reused"):
+        parts.append(f"{_count(details['tasks_reused'], 'task')} reused from the database")
+    if full and number("warm_start_records"):
+        parts.append(f"cost model warm-started on {_count(details['warm_start_records'], 'record')}")
+    kernels = [(number(key), label) for key, label in (("functions_from_database", "measured"),
+                                                      ("functions_from_cost_model", "predicted by the cost model"),
+                                                      ("functions_fallback", "sampled"))]
+    if any(n is not None for n, _ in kernels):
+        total = number("functions")
+        counted = sum(n or 0 for n, _ in kernels)
+        of = f" of {fmt.number(total)}" if total is not None and total != counted else ""
+        parts.append(f"kernels{of}: " + ", ".join(f"{fmt.number(n or 0)} {label}" for n, label in kernels))
+    if full and number("records_added") is not None:
+        parts.append(f"{_count(details['records_added'], 'record')} added to the database")
+    return "; ".join(parts)
 
 
 def _progress(name: str, mine: list[dict], trials: list[dict], ctx: Context) -> dict | None:
@@ -241,9 +424,8 @@ def _progress(name: str, mine: list[dict], trials: list[dict], ctx: Context) -> 
         label = ctx.varying(trial)
         series.append(plots.ProgressSeries(label if len(label) < 60 else label[:57] + "…",
                                            palette[len(series) % len(palette)], points))
-        facts.append({"trial": trial, "label": label, "trials_used": details.get("trials_used"),
-                      "tasks": details.get("tasks"), "tasks_tuned": details.get("tasks_tuned"),
-                      "tuning_time_s": details.get("tuning_time_s"), "final_ms": points[-1][1]})
+        facts.append({"trial": trial, "label": label, "summary": tuning_summary(details),
+                      "final_ms": points[-1][1]})
     if not series:
         return None
     references = []
@@ -470,6 +652,6 @@ def build(report: dict) -> dict:
     path = str(_dict(report.get("model")).get("path") or "model")
     title = path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or path
     return {"r": report, "ctx": ctx, "title": title, "verdict": verdict(report, ctx), "ranking": ranking(report, ctx),
-            "tuning": tuning(report, ctx), "distributions": distributions(report, ctx), "model": model(report, ctx),
-            "roofline": roofline(report, ctx), "problems": problems(report, ctx), "environment": environment(report),
-            "fmt": fmt}
+            "sizing": sizing(report, ctx), "tuning": tuning(report, ctx), "distributions": distributions(report, ctx),
+            "model": model(report, ctx), "roofline": roofline(report, ctx), "problems": problems(report, ctx),
+            "environment": environment(report), "fmt": fmt}

@@ -25,6 +25,7 @@ import pytest
 from reports.render import render_html
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report_sample.json"
+REAL = Path(__file__).parent / "fixtures" / "report_tvm_batch_fits.json"  # batch fits, TVM tuning details
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 HOSTILE = "<script>alert(1)</script>"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -214,7 +215,8 @@ def browser(tmp_path_factory, chromium):
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory, sample) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("pages")
-    variants = {"recommended": sample, "no_slo_met": no_slo_variant(sample), "exported": exported_variant(sample)}
+    variants = {"recommended": sample, "no_slo_met": no_slo_variant(sample), "exported": exported_variant(sample),
+                "fitted": fitted_variant(json.loads(REAL.read_text()))}
     paths = {}
     for name, report in variants.items():
         paths[name] = folder / f"{name}.html"
@@ -240,6 +242,21 @@ def exported_variant(report: dict) -> dict:
     variant["model"]["export"] = {"source": "models/ocr.pt", "source_kind": "torchscript",
                                   "exporter": "torch.onnx.export (dynamo)", "max_abs_error": 2.4e-06,
                                   "max_rel_error": 0.00031, "notes": [f"exported at opset 17 {HOSTILE}"]}
+    return variant
+
+
+def fitted_variant(report: dict) -> dict:
+    """The real run with its winner sized at an extrapolated batch (as a row of the same candidate is), so the
+    verdict carries the fitted-batch warning; its fit's config gets a hostile value."""
+    variant = copy.deepcopy(report)
+    row = next(r for r in variant["ranking"] if r.get("batch_basis") == "extrapolated")
+    rec = variant["recommendation"]
+    assert (rec["backend"], rec["config"]) == (row["backend"], row["config"])
+    rec.update(batch_size=row["batch_size"], batch_basis="extrapolated",
+               notes=[n for n in row["notes"] if n.startswith("batch ")])
+    for entry in (rec, variant["costmodel"]["batch_fits"][0], *variant["ranking"], *variant["trials"]):
+        if entry.get("config", {}).get("stock"):  # shown as "stock settings" unless no longer the stock one
+            entry["config"] = {**{k: v for k, v in entry["config"].items() if k != "stock"}, "note": HOSTILE}
     return variant
 
 
@@ -353,3 +370,37 @@ def test_model_export_block(browser, pages):
         text = page.evaluate("document.querySelector('#model-export').textContent")
         assert "torch.onnx.export (dynamo)" in text and "2.4e-06 max abs" in text and HOSTILE in text
         assert page.evaluate("document.querySelectorAll('script').length") == 1
+
+
+def test_batch_sizing_and_tuning_details(browser, pages):
+    """The fitted-batch warning in the verdict, the basis tags with their tooltips, the batch-fit plot and table,
+    and TVM's tuning summary: laid out on screen without overflow, and in print."""
+    page = Page(browser)
+    page.load(pages["fitted"].as_uri())
+    assert page.problems() == []
+    warning = visible(page, "#fitted-batch")
+    assert warning["text"].startswith("Batch 16 was never measured.") and warning["top"] < 900
+    tags = page.evaluate("[...document.querySelectorAll('#ranking-table .b-extrapolated')].map(t => t.title)")
+    assert tags and all(re.match(r"batch \d+ extrapolated \(cap 16: 2x the largest measured\): latency", t)
+                        for t in tags)
+    visible(page, "#ranking-table .b-extrapolated")
+    plot = visible(page, "#batch-fit-plot svg")
+    assert plot["width"] > 900 and plot["height"] > 300
+    assert page.evaluate("document.querySelectorAll('#batch-fit-plot svg circle').length") >= 5
+    visible(page, "#batch-fits")
+    # the fit table fits its card (no scrolling inside it), and nothing widens the page
+    assert page.evaluate("(w => w.scrollWidth <= w.clientWidth)(document.querySelector('#batch-fits').parentElement)")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    summary = visible(page, "#tuning .tuning-summary")
+    assert summary["text"].startswith("12 trials on 1 of 6 tasks in 12 s") and "0 sampled" in summary["text"]
+    text = page.evaluate("document.querySelector('#sizing').textContent")
+    assert HOSTILE in text and page.evaluate("document.querySelectorAll('script').length") == 1
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(ARTIFACTS / "report-fitted.png")
+    printed = Page(browser, width=700)
+    printed.send("Emulation.setEmulatedMedia", {"media": "print"})
+    printed.load(pages["fitted"].as_uri())
+    assert printed.problems() == []
+    assert printed.evaluate("document.documentElement.scrollWidth") <= 700
+    visible(printed, "#batch-fit-plot svg")
+    visible(printed, "#fitted-batch")

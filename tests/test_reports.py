@@ -17,18 +17,23 @@ from pathlib import Path
 import onnx
 import pytest
 from click.testing import CliRunner
+from markupsafe import escape
 
 import models
 from reports import formatting as fmt
 from reports.markdown import md
 from reports.render import render_html, render_markdown, write_reports
 from reports.svg import Scale, Svg, auto_scale, tick_label
+from reports.view import tuning_summary
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report_sample.json"
+# a real `advisor recommend examples/tiny_cnn.onnx --slo 20ms --budget 60s` report: latency-vs-batch fits, rows at
+# extrapolated batch sizes, TVM trials with MetaSchedule's tuning details
+REAL = Path(__file__).parent / "fixtures" / "report_tvm_batch_fits.json"
 HOSTILE = "<script>alert(1)</script>"
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
 PAYLOAD = "\"'><img src=x onerror=alert(2)><script>alert(3)</script>|`*_&amp;"
-SECTIONS = ("verdict", "price", "ranking", "tuning", "distributions", "model", "roofline", "failures",
+SECTIONS = ("verdict", "price", "ranking", "sizing", "tuning", "distributions", "model", "roofline", "failures",
             "environment")
 ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "header", "nav", "main", "section", "footer", "div",
                 "span", "h1", "h2", "h3", "p", "a", "strong", "small", "b", "code", "dl", "dt", "dd", "ul", "li",
@@ -75,6 +80,37 @@ def svgs(page: str) -> list[str]:
     return re.findall(r"<svg\b.*?</svg>", page, flags=re.DOTALL)
 
 
+@pytest.fixture(scope="module")
+def real() -> dict:
+    return json.loads(REAL.read_text())
+
+
+def fitted_variant(report: dict) -> dict:
+    """The sample with its winner's latency-vs-batch fit (fitted by advisor/sizing.py on the winner's measured batch
+    sizes) and sized at batch 3, between measured sizes, under an SLO of 60 ms; a third row at an extrapolated 16."""
+    from advisor.sizing import BatchCurve, BatchPoint
+
+    variant = copy.deepcopy(report)
+    rec = variant["recommendation"]
+    points = [BatchPoint(t["batch_size"], t["latency_ms"]["p99"], tuple(t["latency_ms"]["intervals"]["p99"]),
+                         t["latency_ms"]["mean"]) for t in variant["trials"]
+              if t["backend"] == rec["backend"] and t["config"] == rec["config"] and t["phase"] in ("confirm", "sweep")]
+    curve = BatchCurve.fit(points)
+    variant["costmodel"]["batch_fits"] = [{"backend": rec["backend"], "target": rec["target"], "config": rec["config"],
+                                           "percentile": "p99", **curve.to_dict()}]
+    variant["slo"]["latency_ms"] = 60.0
+    for row in (rec, variant["ranking"][0]):
+        row.update(batch_size=3, batch_basis="interpolated", notes=[*row["notes"], FITTED_NOTE])
+    variant["ranking"][2].update(batch_size=16, batch_basis="extrapolated",
+                                 notes=[*variant["ranking"][2]["notes"], EXTRAPOLATED_NOTE])
+    return variant
+
+
+FIT_LINE = "latency 2.78 + 11.7 ms x batch, fitted on batches 1, 2, 4, 8 (R² 0.995)"
+FITTED_NOTE = f"batch 3 interpolated: {FIT_LINE}"
+EXTRAPOLATED_NOTE = f"batch 16 extrapolated (cap 16: 2x the largest measured): {FIT_LINE}"
+
+
 def no_slo_variant(report: dict) -> dict:
     variant = copy.deepcopy(report)
     variant["slo"]["latency_ms"] = 0.5
@@ -99,7 +135,8 @@ def test_hostile_input_name_is_escaped_in_tables_and_svg(sample, html):
 
 FREE_TEXT_KEYS = {"config", "op_histogram", "flops_by_class", "bytes_by_class", "op_class_ms", "uncounted_ops",
                   "packages", "versions"}
-ENUM_KEYS = {"status", "source", "phase", "slo_verdict", "schema", "percentile", "started_at", "finished_at"}
+ENUM_KEYS = {"status", "source", "phase", "slo_verdict", "schema", "percentile", "started_at", "finished_at",
+             "batch_basis"}
 
 
 def poison(value, key: str | None = None):
@@ -114,9 +151,10 @@ def poison(value, key: str | None = None):
     return value
 
 
-@pytest.mark.parametrize("variant", ["recommended", "no_slo_met"])
-def test_every_report_string_is_escaped(sample, variant):
-    report = poison(sample if variant == "recommended" else no_slo_variant(sample))
+@pytest.mark.parametrize("variant", ["recommended", "no_slo_met", "fitted", "real"])
+def test_every_report_string_is_escaped(sample, real, variant):
+    report = poison({"recommended": lambda: sample, "no_slo_met": lambda: no_slo_variant(sample),
+                     "fitted": lambda: fitted_variant(sample), "real": lambda: real}[variant]())
     page = render_html(report)
     assert "<img" not in page and "alert(3)</script>" not in page and "onerror=alert" not in page.replace(
         "onerror=alert(2)&gt;", "")
@@ -200,7 +238,7 @@ def test_tuning_section_shows_each_backend_progress_and_failures(sample, html):
     for backend in ("onnxruntime", "tvm", "tensorrt"):
         assert f"</span>{backend}</h3>" in tuning
     assert "Tuning progress: latency estimated from the best kernels found, against trials used" in tuning
-    assert "160 trials over 14 tasks (10 tuned) in 10 min 3 s" in tuning
+    assert "160 trials on 10 of 14 tasks in 10 min 3 s; final estimate" in tuning  # the progress plot's caption
     assert "untuned (p50): 1,238 ms" in tuning or "untuned (p50): 1,24" in tuning
     assert "best onnxruntime (p50)" in tuning
     assert "LocalBuilder: Timeout, killed after 30.0 seconds" in tuning
@@ -258,6 +296,177 @@ def test_markdown_summary(sample):
     assert [row.split(" | ")[1] for row in table[1:]] == [md(r["instance"]) for r in sample["ranking"][:5]]
     assert "**Failed or unavailable (5):**" in summary and "tensorrt unavailable on cpu" in summary
     assert "&lt;script&gt;" in summary and HOSTILE not in summary
+
+
+# ---- batch sizing and tuning details --------------------------------------------------------------------------
+
+
+def _section(page: str, name: str) -> str:
+    start = page.index(f'<section id="{name}"')
+    return page[start:page.index("</section>", start)]
+
+
+def _ranking_table(page: str) -> str:
+    start = page.index('id="ranking-table"')
+    return page[start:page.index("</table>", start)]
+
+
+def test_an_older_report_renders_without_batch_bases_or_fits(sample, html):
+    assert "batch_basis" not in json.dumps(sample["ranking"]) and "batch_fits" not in sample["costmodel"]
+    table = _ranking_table(html)
+    assert "b-interpolated" not in table and "b-extrapolated" not in table
+    assert 'id="fitted-batch"' not in html
+    sizing = _section(html, "sizing")
+    assert "No latency-vs-batch fit" in sizing and "predates the fits" in sizing and "<svg" not in sizing
+    assert "· batch 1 ·" not in render_markdown(sample) and "| 1 | $0.236 |" in render_markdown(sample)
+
+
+def test_a_fitted_batch_is_tagged_in_the_verdict_the_ranking_and_the_summary(sample):
+    page = render_html(fitted_variant(sample))
+    assert_inert(page)
+    verdict = _section(page, "verdict")
+    tag = f'<span class="badge b-interpolated" title="{FITTED_NOTE}">interpolated</span>'
+    assert f"at batch 3 {tag}" in verdict  # the per-million figure is at a batch that was never run
+    assert '<span class="chip"><b>batch</b>=3</span>' + tag in verdict
+    callout = verdict[verdict.index('id="fitted-batch"'):]
+    callout = callout[:callout.index("</p>")]
+    assert "<strong>Batch 3 was never measured.</strong>" in callout
+    assert f"interpolated from the latency-vs-batch fit: {FIT_LINE}. The p99 latency above is at batch 1." in callout
+    assert verdict.index('class="kpis"') < verdict.index('id="fitted-batch"') < verdict.index('class="details"')
+    table = _ranking_table(page)
+    assert table.count('class="badge b-interpolated"') == 1 and table.count('class="badge b-extrapolated"') == 1
+    assert f'<div><span class="badge b-extrapolated" title="{EXTRAPOLATED_NOTE}">extrapolated</span></div>' in table
+    assert f"; {FITTED_NOTE}</td></tr>" in table  # and in the row's notes line
+    assert table.count('data-value="3">3<div>') == 1 and table.count('data-value="16">16<div>') == 1
+    summary = render_markdown(fitted_variant(sample))
+    assert "· batch 3 (interpolated)\n" in summary
+    assert f"Not measured: {md(FITTED_NOTE)}. Measure batch 3 before deploying at it." in summary
+    rows = [line for line in summary.splitlines() if line.startswith("| ")]
+    assert "| $0.0765 | 3 (interpolated) | $0.236 |" in rows[1] and "| 16 (extrapolated) |" in rows[3]
+    assert "| 1 | $0.245 |" in rows[2]
+
+
+def test_the_batch_fits_table_and_plot(sample):
+    report = fitted_variant(sample)
+    sizing = _section(render_html(report), "sizing")
+    fit = report["costmodel"]["batch_fits"][0]
+    table = sizing[sizing.index('id="batch-fits"'):]
+    assert table.count('<tr class="recommended">') == 1  # the recommended candidate's row, the one plotted
+    assert "graph_optimization=extended, intra_op_threads=2" in table and "on cpu" in table
+    assert '<td class="num">1, 2, 4, 8</td>' in table
+    assert "2.78 + 11.7 ms × batch" in table and "R² 0.995 · residual band ×0.966–×1.05" in table
+    assert "2.00 + 8.99 ms × batch" in table and "R² 0.998" in table  # the mean line, for throughput
+    assert f"latency ×{fmt.number(fit['extrapolation_check']['latency_ratio'], 3)}, mean ×1.06" in table
+    assert "16 (extrapolated beyond 8)" in table
+    plot = svgs(sizing)[0]
+    assert "p99 latency against batch size: onnxruntime · graph_optimization=extended" in plot
+    assert plot.count('r="5.5" fill="#2563eb" stroke="#ffffff"') == 4  # the measured sizes, filled
+    assert plot.count('r="5.5" fill="#ffffff" stroke="#2563eb"') == 1  # the sized batch, hollow: never run
+    assert "batch 3, interpolated (never measured): p99 37.9 ms" in plot
+    assert "batch 8, measured (sweep): p99 101 ms [84.0–102]" in plot
+    assert "batch 1, measured (confirm): p99 14.7 ms" in plot  # side-by-side figures first, as the ranking does
+    assert "c6a.large: sized at batch 3 (interpolated)" in plot
+    assert "extrapolated (≤ 2× the largest measured)" in plot and 'stroke-dasharray="7 5"' in plot
+    assert "SLO: p99 ≤ 60 ms" in plot and "<polygon" in plot  # the fitted figures' interval as a band
+    # a fit through two sizes: no extrapolation, and the plot stops at the largest measured size
+    short = copy.deepcopy(report)
+    short["costmodel"]["batch_fits"][0].update(measured_batch_sizes=[1, 2], extrapolation_check=None,
+                                               max_batch_size=2)
+    sizing = _section(render_html(short), "sizing")
+    assert "none (fewer than 3 measured sizes)" in sizing and "2 (no extrapolation)" in sizing
+    assert "extrapolated (≤" not in sizing and "<svg" in sizing
+
+
+def test_a_hostile_config_in_a_batch_fit_is_escaped(sample):
+    report = fitted_variant(sample)
+    fit = report["costmodel"]["batch_fits"][0]
+    fit["config"] = {**fit["config"], f"key{PAYLOAD}": f"value{PAYLOAD}"}
+    report["recommendation"]["config"] = dict(fit["config"])  # still the recommended candidate: it is plotted
+    fit["backend"] = report["recommendation"]["backend"] = f"onnxruntime{PAYLOAD}"
+    page = render_html(report)
+    assert_inert(page)
+    sizing = _section(page, "sizing")
+    assert "<img" not in sizing and "alert(3)</script>" not in sizing
+    text = f"key{PAYLOAD}=value{PAYLOAD}"
+    table, plot = sizing[sizing.index('id="batch-fits"'):], svgs(sizing)[0]
+    assert str(escape(text)) in table  # jinja2's autoescape
+    assert htmllib.escape(text, quote=True) in plot  # reports/svg.py: the plot's label and tooltips
+    assert plot.count(htmllib.escape(f"onnxruntime{PAYLOAD}", quote=True)) >= 2
+
+
+def test_batch_fits_with_any_field_missing_or_odd(sample):
+    report = fitted_variant(sample)
+    fit = report["costmodel"]["batch_fits"][0]
+    for key in fit:
+        for how in ("missing", "null"):
+            partial = copy.deepcopy(report)
+            entry = partial["costmodel"]["batch_fits"][0]
+            if how == "missing":
+                del entry[key]
+            else:
+                entry[key] = None
+            assert 'id="batch-fits"' in _section(render_html(partial), "sizing"), (key, how)
+    for line in ("latency", "mean"):
+        for key in fit[line]:
+            partial = copy.deepcopy(report)
+            partial["costmodel"]["batch_fits"][0][line][key] = "n/a"
+            render_html(partial)
+    for odd in ("not a list", [None, "x"], [{}], None):
+        partial = copy.deepcopy(report)
+        partial["costmodel"]["batch_fits"] = odd
+        sizing = _section(render_html(partial), "sizing")
+        assert ('id="batch-fits"' in sizing) == (odd == [{}])
+    for basis in (None, "measured", "guessed", 3):
+        partial = copy.deepcopy(report)
+        partial["recommendation"]["batch_basis"] = basis
+        assert 'id="fitted-batch"' not in render_html(partial)
+        assert "(interpolated)" not in render_markdown(partial).split("|")[0]
+    partial = copy.deepcopy(report)
+    partial["recommendation"]["notes"] = None  # no note: a generic line instead
+    assert "batch 3 interpolated from the candidate&#39;s latency-vs-batch fit" in render_html(partial)
+
+
+def test_the_real_report_shows_fits_extrapolated_rows_and_tvm_tuning(real):
+    page = render_html(real)
+    assert_inert(page)
+    assert all(f'id="{name}"' in page for name in SECTIONS)
+    extrapolated = [r for r in real["ranking"] if r.get("batch_basis") == "extrapolated"]
+    assert extrapolated and _ranking_table(page).count('class="badge b-extrapolated"') == len(extrapolated)
+    sizing = _section(page, "sizing")
+    assert "c7i.large: sized at batch 8 (measured)" in sizing and "16 (extrapolated beyond 8)" in sizing
+    tuning = _section(page, "tuning")
+    assert ('<div class="tuning-summary">12 trials on 1 of 6 tasks in 12 s (every task got its share); kernels: '
+            "2 measured, 4 predicted by the cost model, 0 sampled</div>") in tuning
+    assert "tuning-summary\">tuned in an earlier trial: 12 trials" in tuning  # the confirm build reused the tuning
+    assert "0 trials on 0 of 6 tasks in 4.06 s (stopped by deadline)" in tuning
+    # the caption has the whole story, the table's tooltip every detail; the database's path only shortened
+    assert ("1 task reused from the database; cost model warm-started on 32 records; kernels: 2 measured, 4 "
+            "predicted by the cost model, 0 sampled; 12 records added to the database; final estimate") in tuning
+    database = next(t["details"]["database"] for t in real["trials"] if "database" in (t.get("details") or {}))
+    assert database not in page and "database=…/tvm/llvm_mcpu=sapphirerapids_num-cores=2-cf530a55" in tuning
+    summary = render_markdown(real)
+    assert "| 16 (extrapolated) |" in summary and "· batch 8\n" in summary
+
+
+def test_tuning_summary_line():
+    details = {"trials_used": 16, "tasks": 17, "tasks_tuned": 2, "tuning_time_s": 22.4, "stopped_by": "deadline",
+               "functions": 17, "functions_from_database": 2, "functions_from_cost_model": 15,
+               "functions_fallback": 0, "tasks_reused": 1, "warm_start_records": 40, "records_added": 16,
+               "fallbacks_picked": 15, "database": "/cache/tvm/llvm-1234/database", "progress": [[1.0, 8, 2.5]]}
+    assert tuning_summary(details, full=False) == \
+        "16 trials on 2 of 17 tasks in 22 s (stopped by deadline); kernels: 2 measured, 15 predicted by the cost " \
+        "model, 0 sampled"
+    assert tuning_summary(details) == \
+        "16 trials on 2 of 17 tasks in 22 s (stopped by deadline); 1 task reused from the database; cost model " \
+        "warm-started on 40 records; kernels: 2 measured, 15 predicted by the cost model, 0 sampled; 16 records " \
+        "added to the database"
+    assert tuning_summary({"trials_used": 160, "tasks": 14, "tuning_time_s": 602.7}) == \
+        "160 trials over 14 tasks in 10 min 3 s"
+    assert tuning_summary({"trials_used": 1, "stopped_by": "nothing to tune", "functions": 6,
+                           "functions_from_cost_model": 5}) == \
+        "1 trial (nothing left to tune); kernels of 6: 0 measured, 5 predicted by the cost model, 0 sampled"
+    for untuned in (None, {}, {"tuned": False, "compile_time_s": 0.4}, {"trials_used": "n/a"}, "odd"):
+        assert tuning_summary(untuned) is None
 
 
 EXPORT = {"source": "models/ocr.pt", "source_kind": "torchscript", "exporter": "torch.onnx.export (dynamo)",
