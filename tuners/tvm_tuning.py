@@ -345,7 +345,8 @@ def tune(mod, target, database_dir: Path, max_trials: int, seconds: float, threa
     warm_records = warm_start(cost_model, database, target, threads)
     unmeasured = [p for p in plans if p.existing_trials == 0 and p not in to_tune]
     # the cost-model-picked schedules of the tasks left untuned get a slice of the time, taken off the end
-    tuning_deadline = deadline - min(FALLBACK_SHARE * seconds, FALLBACK_S_PER_TASK * len(unmeasured))
+    reserve_s = min(FALLBACK_SHARE * seconds, FALLBACK_S_PER_TASK * len(unmeasured))
+    tuning_deadline = deadline - reserve_s
     used = [0] * len(to_tune)
     best: list[float | None] = [best_known.get(p.index) for p in to_tune]
     progress: list[list[Any]] = []
@@ -356,7 +357,9 @@ def tune(mod, target, database_dir: Path, max_trials: int, seconds: float, threa
                                     on_progress)
     left = [p for p, u in zip(to_tune, used) if not u and not p.existing_trials]
     heaviest_first = sorted(unmeasured + left, key=lambda p: -p.work)
-    fallbacks = pick_fallbacks(extracted, heaviest_first, target, database_dir, cost_model, threads, deadline)
+    # the last measured round may end past its deadline: the picks keep their reserved time all the same
+    pick_deadline = max(deadline, time.monotonic() + reserve_s)
+    fallbacks = pick_fallbacks(extracted, heaviest_first, target, database_dir, cost_model, threads, pick_deadline)
     for i, plan in enumerate(to_tune):
         table[plan.index]["trials_used"] = used[i]
         table[plan.index]["best_us"] = round(best[i] * 1e6, 2) if best[i] is not None else None
