@@ -29,7 +29,6 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,8 +156,7 @@ def _merge_one(private: Path, shared: Path) -> int:
     Record lines are `[workload index, record]`; indices are remapped onto the shared workload file. Identity
     is the exact workload line and record JSON, so merging twice adds nothing. Returns records added.
     """
-    baseline = json.loads((private / BASELINE).read_text()).get("records", 0) if (private / BASELINE).exists() else 0
-    new_lines = _lines(private / RECORDS)[baseline:]
+    new_lines = _lines(private / RECORDS)[_baseline(private):]
     if not new_lines:
         return 0
     private_workloads = _lines(private / WORKLOADS)
@@ -186,8 +184,18 @@ def _merge_one(private: Path, shared: Path) -> int:
             added_records.append(json.dumps([index_of[workload], record]))
         _append(shared / WORKLOADS, added_workloads)
         _append(shared / RECORDS, added_records)
-    (private / BASELINE).write_text(json.dumps({"records": len(_lines(private / RECORDS))}))
+    _mark_baseline(private)
     return len(added_records)
+
+
+def _baseline(private: Path) -> int:
+    """Record lines the private copy held when last in step with the shared database (later ones are new)."""
+    path = private / BASELINE
+    return json.loads(path.read_text()).get("records", 0) if path.exists() else 0
+
+
+def _mark_baseline(private: Path) -> None:
+    (private / BASELINE).write_text(json.dumps({"records": len(_lines(private / RECORDS))}))
 
 
 def _append(path: Path, lines: list[str]) -> None:
@@ -215,7 +223,7 @@ def _copy_one(shared: Path, private: Path) -> Path:
                 shutil.copyfile(shared / name, private / name)
             else:
                 (private / name).write_text("")
-    (private / BASELINE).write_text(json.dumps({"records": len(_lines(private / RECORDS))}))
+    _mark_baseline(private)
     return private
 
 
@@ -290,6 +298,7 @@ def _round_callback(deadline: float):
             super().__init__()
             self.trials = 0
             self.best_s: float | None = None
+            self.deadline_reached = False
 
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
             self.trials += len(measure_candidates)
@@ -298,6 +307,7 @@ def _round_callback(deadline: float):
                     seconds = _mean_seconds(result.run_secs)
                     self.best_s = seconds if self.best_s is None else min(self.best_s, seconds)
             if time.monotonic() >= deadline:
+                self.deadline_reached = True
                 raise DeadlineReached()
 
     return RoundCallback()
@@ -312,7 +322,7 @@ def local_runner():
 
 
 def tune(mod, target, database_dir: Path, max_trials: int, seconds: float, threads: int,
-         on_progress: Callable | None = None, runner=None) -> TuningOutcome:
+         runner=None) -> TuningOutcome:
     """Tune the fused Relax module `mod` for `target` into the JSON database in `database_dir` (a private
     copy), within `seconds` of wall clock and `max_trials` measured candidates. `runner` measures candidates
     (default: this machine; an RPC runner measures on a remote device).
@@ -353,13 +363,13 @@ def tune(mod, target, database_dir: Path, max_trials: int, seconds: float, threa
     stopped_by = "nothing to tune"
     if to_tune and time.monotonic() < tuning_deadline:
         stopped_by = _tuning_rounds(extracted, to_tune, database, database_dir, target, threads, cost_model,
-                                    runner or local_runner(), tuning_deadline, used, best, progress, started,
-                                    on_progress)
+                                    runner or local_runner(), tuning_deadline, used, best, progress, started)
     left = [p for p, u in zip(to_tune, used) if not u and not p.existing_trials]
     heaviest_first = sorted(unmeasured + left, key=lambda p: -p.work)
     # the last measured round may end past its deadline: the picks keep their reserved time all the same
     pick_deadline = max(deadline, time.monotonic() + reserve_s)
-    fallbacks = pick_fallbacks(extracted, heaviest_first, target, database_dir, cost_model, threads, pick_deadline)
+    fallbacks = pick_fallbacks(extracted, heaviest_first, target, database, database_dir / FALLBACK, cost_model,
+                               threads, pick_deadline)
     for i, plan in enumerate(to_tune):
         table[plan.index]["trials_used"] = used[i]
         table[plan.index]["best_us"] = round(best[i] * 1e6, 2) if best[i] is not None else None
@@ -392,8 +402,7 @@ def warm_start(cost_model, database, target, threads: int, limit: int = WARM_STA
 
 
 def _tuning_rounds(extracted, to_tune, database, database_dir: Path, target, threads: int, cost_model, runner,
-                   deadline: float, used: list[int], best: list, progress: list, started: float,
-                   on_progress: Callable | None) -> str:
+                   deadline: float, used: list[int], best: list, progress: list, started: float) -> str:
     """Rounds of measured trials over the planned tasks, heaviest first, until the plan or the deadline ends.
     Fills `used`, `best` and `progress` in place; returns what stopped it ("plan" or "deadline")."""
     from tvm.s_tir import meta_schedule as ms
@@ -413,43 +422,37 @@ def _tuning_rounds(extracted, to_tune, database, database_dir: Path, target, thr
                 return "deadline"
             count = min(TRIALS_PER_ROUND, remaining[i])
             callback = _round_callback(deadline)
-            stopped = False
             try:
                 ms.tune_tasks(tasks=[contexts[i]], task_weights=[weights[i]], work_dir=str(database_dir / "logs"),
                               max_trials_global=count, max_trials_per_task=count, num_trials_per_iter=count,
                               builder=builder, runner=runner, database=database, cost_model=cost_model,
                               measure_callbacks=[*ms.MeasureCallback.create("default"), callback],
                               task_scheduler="round-robin")
-            except Exception as error:
-                if "DeadlineReached" not in f"{type(error).__name__}: {error}" and time.monotonic() < deadline:
+            except Exception:  # MetaSchedule hands our DeadlineReached back wrapped in its own error type
+                if not callback.deadline_reached and time.monotonic() < deadline:
                     raise
-                stopped = True
             remaining[i] = 0 if callback.trials == 0 else max(0, remaining[i] - callback.trials)
             used[i] += callback.trials
             if callback.best_s is not None:
                 best[i] = callback.best_s if best[i] is None else min(best[i], callback.best_s)
             if all(b is not None for b in best):
                 estimate_ms = sum(p.weight * b for p, b in zip(to_tune, best)) * 1000
-                point = [round(time.monotonic() - started, 2), sum(used), round(estimate_ms, 4)]
-                progress.append(point)
-                if on_progress:
-                    on_progress(point)
-            if stopped:
+                progress.append([round(time.monotonic() - started, 2), sum(used), round(estimate_ms, 4)])
+            if callback.deadline_reached:
                 return "deadline"
     return "plan"
 
 
-def pick_fallbacks(extracted, plans: list[TaskPlan], target, database_dir: Path, cost_model, threads: int,
-                   deadline: float) -> int:
+def pick_fallbacks(extracted, plans: list[TaskPlan], target, measured, fallback_dir: Path, cost_model,
+                   threads: int, deadline: float) -> int:
     """For each task with no measured record, the schedule this run's cost model predicts fastest among a small
-    evolutionary search of MetaSchedule's design space, never measured, kept in `database_dir/fallback/`
-    apart from the measured records. The model learned from the tuned tasks' measurements transfers to
+    evolutionary search of MetaSchedule's design space, never measured, kept in `fallback_dir` apart from the
+    `measured` database. The model learned from the tuned tasks' measurements transfers to
     tasks of the same kinds (other convolutions, other matmuls); without any, the pick is a random sample.
     Returns how many were picked."""
     from tvm.s_tir import meta_schedule as ms
 
-    measured = open_database(database_dir)
-    fallback = open_database(database_dir / FALLBACK)
+    fallback = open_database(fallback_dir)
     picked = 0
     for plan in plans:
         if time.monotonic() >= deadline:
