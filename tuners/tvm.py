@@ -164,13 +164,14 @@ class TvmTuner(Tuner):
         if problem:
             raise RuntimeError(problem)
         folder = self.tuning_folder(candidate, ctx)
-        tuning = self._ensure_tuned(mod, target, candidate, ctx, folder, threads)
+        shared = self.shared_database(ctx, spec)
+        tuning = self._ensure_tuned(mod, target, candidate, ctx, folder, shared, threads)
         compile_started = time.perf_counter()
         from tuners.tvm_tuning import FALLBACK, open_database
 
         databases = (open_database(folder), open_database(folder / FALLBACK))
         executable, facts = tc.build_with_database(mod, target, databases, threads)
-        details = {"tuned": True, **tuning, **facts, "database": str(self.shared_database(ctx, spec)),
+        details = {"tuned": True, **tuning, **facts, "database": str(shared),
                    "compile_time_s": round(time.perf_counter() - compile_started, 2)}
         return _compiled_model(executable, spec, input_names, details, ctx)
 
@@ -184,7 +185,8 @@ class TvmTuner(Tuner):
     def tuning_folder(candidate: Candidate, ctx: TuneContext) -> Path:
         return ctx.workdir / "tuning" / f"{candidate.key}-b{ctx.batch_size}"
 
-    def _ensure_tuned(self, mod, target, candidate: Candidate, ctx: TuneContext, folder: Path,
+    @staticmethod
+    def _ensure_tuned(mod, target, candidate: Candidate, ctx: TuneContext, folder: Path, shared: Path,
                       threads: int) -> dict[str, Any]:
         """Tune once per run folder and batch size; later builds (head-to-head, export) reuse the records."""
         from tuners import tvm_tuning
@@ -193,9 +195,9 @@ class TvmTuner(Tuner):
         if marker.exists():  # tuned earlier in this run: the same facts, without the progress curve again
             details = json.loads(marker.read_text())["details"]
             return {**{k: v for k, v in details.items() if k != "progress"}, "tuned_in": "an earlier trial"}
-        shared = self.shared_database(ctx, tc.target_spec(ctx.target))
         tvm_tuning.private_copy(shared, folder)
-        share = 1.0 if ctx.batch_size == self._search_batch(candidate, ctx) else SWEEP_TUNING_SHARE
+        # the batch size the search measured gets the whole tuning time; each other size of the sweep a share
+        share = 1.0 if ctx.batch_size == int(candidate.config.get("batch_size", 1)) else SWEEP_TUNING_SHARE
         seconds = float(candidate.config["tuning_s"]) * share
         trials = max(8, int(int(candidate.config["max_trials"]) * share))
         runner, measured_on = _remote_runner(ctx)
@@ -207,10 +209,6 @@ class TvmTuner(Tuner):
         partial.write_text(json.dumps({"details": details, "tasks": outcome.task_table}, indent=1))
         partial.replace(marker)
         return details
-
-    @staticmethod
-    def _search_batch(candidate: Candidate, ctx: TuneContext) -> int:
-        return int(candidate.config.get("batch_size", 1))
 
     # ---- export -------------------------------------------------------------------------------------------------
 

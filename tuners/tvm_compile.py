@@ -132,17 +132,10 @@ def _lowering_passes(target) -> list:
 
 
 def build_untuned(mod, target):
-    """TVM's default Relax pipeline for the target, as a user gets it from `tvm.compile` (plus, on GPUs, the
-    DLight default schedules, without which GPU kernels cannot be built at all)."""
+    """TVM's default Relax pipeline for the target, as a user gets it from `tvm.compile` (for CUDA that pipeline
+    itself gives every kernel a DLight default schedule, without which GPU kernels cannot be built at all)."""
     import tvm
 
-    if target.kind.name == "cuda":
-        from tvm.s_tir import dlight as dl
-
-        with target:
-            mod = fused_module(mod, target)
-            mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
-                                          dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
     return tvm.compile(mod, target=target)
 
 
