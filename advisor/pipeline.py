@@ -89,10 +89,9 @@ def _with_export(config: RecommendConfig, export: run_export.RunExport | None) -
 
 def _log_export(export: run_export.RunExport, progress: Progress) -> None:
     result = export.result
-    error = ("not compared" if result.max_abs_error is None else
-             f"max abs error {result.max_abs_error:.3g}, max rel error {result.max_rel_error:.3g}")
     log.info("export: %s", export.report_dict())
-    progress.stage(f"exported {result.source} ({result.source_kind}) with {result.exporter}: {error} vs the source")
+    progress.stage(f"exported {result.source} ({result.source_kind}) with {result.exporter}: "
+                   f"{result.error_text()} vs the source")
 
 
 def _remote_targets(config: RecommendConfig) -> tuple[Target, ...]:

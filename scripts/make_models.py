@@ -42,9 +42,7 @@ def _export_pretrained(model, out: Path, name: str, options: ExportOptions) -> E
 
 
 def _report(result: ExportResult) -> Path:
-    error = "not compared" if result.max_abs_error is None else (
-        f"max abs error {result.max_abs_error:.2e}, rel {result.max_rel_error:.2e}")
-    print(f"  {result.exporter}; {error}", file=sys.stderr)
+    print(f"  {result.exporter}; {result.error_text()}", file=sys.stderr)
     return result.onnx_path
 
 

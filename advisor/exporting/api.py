@@ -58,6 +58,12 @@ class ExportResult:
     max_rel_error: float | None  # the max abs error over the largest absolute reference value
     notes: tuple[str, ...] = ()
 
+    def error_text(self) -> str:
+        """The numerical difference from the source in a few words ("not compared" when it was not)."""
+        if self.max_abs_error is None:
+            return "not compared"
+        return f"max abs error {self.max_abs_error:.3g}, max rel error {self.max_rel_error:.3g}"
+
     def to_dict(self) -> dict:
         return {"onnx_path": str(self.onnx_path), "source": self.source, "source_kind": self.source_kind,
                 "exporter": self.exporter, "max_abs_error": self.max_abs_error, "max_rel_error": self.max_rel_error,
