@@ -106,22 +106,19 @@ def find_row(run: RunRecord, instance: str) -> dict:
 
 
 def _run_trials(run: RunRecord) -> list[Trial]:
-    """Every trial of the run: the log, else the report's copy."""
+    """Every trial of the run: those in trials.jsonl (the run's own log), then report.json's copies of any the log
+    lacks."""
     from advisor.trials import Trial, TrialLog
 
     logged = TrialLog(run.path / "trials.jsonl").all() if (run.path / "trials.jsonl").exists() else []
-    return logged or [Trial.from_dict(t) for t in run.report.get("trials") or [] if isinstance(t, dict)]
+    ids = {t.id for t in logged}
+    return logged + [Trial.from_dict(t) for t in run.report.get("trials") or []
+                     if isinstance(t, dict) and t.get("id") not in ids]
 
 
-def _find_trial(run: RunRecord, trial_id: str) -> Trial:
-    """The trial a row rests on, from trials.jsonl (the run's own log), else from report.json's copy of it."""
-    from advisor.trials import Trial, TrialLog
-
-    trial = TrialLog(run.path / "trials.jsonl").get(trial_id)
-    if trial is None:
-        data = next((t for t in run.report.get("trials") or [] if isinstance(t, dict) and t.get("id") == trial_id),
-                    None)
-        trial = Trial.from_dict(data) if data else None
+def _find_trial(run: RunRecord, trials: list[Trial], trial_id: str) -> Trial:
+    """The trial a row rests on."""
+    trial = next((t for t in trials if t.id == trial_id), None)
     if trial is None:
         raise UserError(f"trial {trial_id} is in neither {run.path / 'trials.jsonl'} nor {run.report_path}")
     return trial
@@ -215,8 +212,8 @@ def package(run_dir: Path, instance: str, dest: Path | None = None, model: Path 
 
     run = read_run(run_dir)
     row = find_row(run, instance)
-    trial = _find_trial(run, row["trial_id"])
-    trial = artifact_trial(row, [trial, *_run_trials(run)])
+    trials = _run_trials(run)
+    trial = artifact_trial(row, [_find_trial(run, trials, row["trial_id"]), *trials])
     targets = _targets(run)
     if not any(t.id == trial.target for t in targets):
         raise UserError(f"trial {trial.id} ran on target {trial.target!r}, which {run.report_path} does not list")
