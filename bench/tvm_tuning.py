@@ -87,7 +87,7 @@ def measure(name: str, path: Path, shapes: dict, budget_s: float, cache_dir: Pat
     for kind, trial in by_kind.items():
         if not trial.ok:
             raise SystemExit(f"{name}: {kind} failed: {trial.reason}")
-    return {kind: trial for kind, trial in by_kind.items()}
+    return by_kind
 
 
 def main() -> int:
