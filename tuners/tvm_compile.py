@@ -171,10 +171,19 @@ def fallback_schedules(mod, target, threads: int) -> tuple[Any, list[str]]:
     return mod, scheduled
 
 
+def task_count(mod, target) -> int:
+    """How many tuning tasks (distinct fused functions) MetaSchedule would see in the model: the untuned build's
+    `tasks_total`, comparable with a tuned build's."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return len(ms.relax_integration.extract_tasks(fused_module(mod, target), target))
+
+
 def build_with_database(mod, target, databases: tuple, threads: int) -> tuple[Any, dict[str, Any]]:
     """The tuned build: each fused function gets its schedule from the first database that has one (measured
     records, then the cost model's picks), and a design-space sample when none has. Returns the executable and
-    how many functions came from where (for the report)."""
+    how many functions came from where (for the report and the label: `functions_unscheduled` counts those left
+    with the default pipeline's naive loops because even the design space failed on them)."""
     import tvm
     from tvm import relax
     from tvm.relax.transform import MetaScheduleApplyDatabase
@@ -200,6 +209,7 @@ def build_with_database(mod, target, databases: tuple, threads: int) -> tuple[An
         else:
             module, fallback = fallback_schedules(module, target, threads)
             facts["functions_fallback"] = len(fallback)
+        facts["functions_unscheduled"] = len(_unscheduled(module))
         return tvm.transform.Sequential(_lowering_passes(target))(module)
 
     with target, tvm.transform.PassContext(opt_level=3):
