@@ -92,6 +92,35 @@ def test_tuning_plan_is_deterministic_and_bounded():
     assert tuning_plan(1)["tuning_s"] >= 20 and tuning_plan(1)["max_trials"] >= 8
 
 
+def test_the_reserve_for_cost_model_picks_never_starves_measured_trials():
+    # the issue's sweep size held 3.9 s of 6.5 s for picks and measured nothing; a short budget gives way
+    assert tvm_tuning.pick_reserve_s(15, left_s=14, unmeasured=10) == pytest.approx(14 - tvm_tuning.MIN_MEASURE_S)
+    assert tvm_tuning.pick_reserve_s(6.5, left_s=5.5, unmeasured=10) == 0.0
+    assert tvm_tuning.pick_reserve_s(6.5, left_s=-1.0, unmeasured=10) == 0.0
+    # a full budget keeps its reserve (its share, or the time per pick)
+    assert tvm_tuning.pick_reserve_s(60, 58, 4) == pytest.approx(4 * tvm_tuning.FALLBACK_S_PER_TASK)
+    assert tvm_tuning.pick_reserve_s(40, 38, 50) == pytest.approx(tvm_tuning.FALLBACK_SHARE * 40)
+    for seconds in (2, 6.5, 10, 26, 60, 300):
+        for left in (seconds, seconds * 0.8, seconds * 0.3):
+            reserve = tvm_tuning.pick_reserve_s(seconds, left, 30)
+            assert left - reserve >= min(left, tvm_tuning.MIN_MEASURE_S)  # a measured round always fits
+
+
+def test_the_label_says_what_the_build_applied():
+    tuning = {"tasks": 6, "tasks_total": 6, "measured_trials": 8, "tasks_with_measured_records": 1,
+              "predicted_picks": 4}
+    measured = tvm_tuning.tuning_label(tuning, {"functions_from_database": 1, "functions_from_cost_model": 4}, 4)
+    assert measured == {"tuning_status": "tuned", "measured_trials": 8, "predicted_picks": 4, "tasks_total": 6,
+                        "tasks_with_measured_records": 1, "batch_size_tuned": 4}
+    none_measured = {**tuning, "measured_trials": 0, "tasks_with_measured_records": 0, "predicted_picks": 6}
+    predicted = tvm_tuning.tuning_label(none_measured, {"functions_from_database": 0,
+                                                        "functions_from_cost_model": 6}, 4)
+    assert predicted["tuning_status"] == "predicted" and predicted["measured_trials"] == 0
+    sampled = tvm_tuning.tuning_label({**none_measured, "predicted_picks": 0}, {"functions_fallback": 6}, 4)
+    assert sampled["tuning_status"] == "untuned" and sampled["batch_size_tuned"] is None
+    assert tvm_tuning.untuned_label(6)["tuning_status"] == "untuned"
+
+
 def _write_db(folder: Path, workloads: list[str], records: list[tuple[int, dict]]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / tvm_tuning.WORKLOADS).write_text("".join(w + "\n" for w in workloads))
@@ -175,6 +204,9 @@ def test_untuned_build_matches_the_reference(cpu, encoder_path, tmp_path):
     assert trial.status == "ok", trial.reason
     assert trial.max_rel_error < 1e-3 and trial.latency.n >= 5
     assert trial.details["tuned"] is False
+    assert trial.details["tuning_status"] == "untuned" and trial.details["tasks_total"] >= 1
+    assert trial.details["measured_trials"] == trial.details["predicted_picks"] == 0
+    assert trial.details["tasks_with_measured_records"] == 0 and trial.details["batch_size_tuned"] is None
 
 
 def test_tiny_tuning_run_then_reuse_from_the_database(cpu, small_cnn, tmp_path):
@@ -189,6 +221,12 @@ def test_tiny_tuning_run_then_reuse_from_the_database(cpu, small_cnn, tmp_path):
     assert details["tasks_tuned"] >= 1 and details["functions_from_database"] >= 1
     assert details["progress"] and details["progress"][-1][1] == details["trials_used"]
     assert first.latency.p50 < base.latency.p50, "a tuned build must beat the untuned one it is timed against"
+    assert details["tuning_status"] == "tuned" and details["batch_size_tuned"] == 1
+    assert 1 <= details["measured_trials"] <= details["trials_used"]  # failed candidates are not counted
+    assert 1 <= details["tasks_with_measured_records"] <= details["tasks_total"] == details["tasks"]
+    assert details["tasks_with_measured_records"] + details["predicted_picks"] <= details["tasks_total"]
+    assert details["functions_unscheduled"] == 0  # no function left with the default pipeline's naive loops
+    assert base.details["tuning_status"] == "untuned" and base.details["tasks_total"] == details["tasks_total"]
     shared = Path(details["database"])
     assert shared.is_relative_to(ctx.cache_dir) and (shared / tvm_tuning.RECORDS).stat().st_size > 0
 
@@ -200,6 +238,9 @@ def test_tiny_tuning_run_then_reuse_from_the_database(cpu, small_cnn, tmp_path):
     assert second.details["tasks_reused"] >= 1 and second.details["functions_from_database"] >= 1
     assert second.details["warm_start_records"] >= details["trials_used"] // 2  # the cost model learned from them
     assert second.details["tuning_time_s"] < details["tuning_time_s"] / 2
+    # tuned all the same, by the records of the earlier run
+    assert second.details["tuning_status"] == "tuned"
+    assert second.details["measured_trials"] == details["measured_trials"]
 
     # the head-to-head of the same run rebuilds from its records, never tuning again
     [again] = _measure([tuned], ctx2, tmp_path / "run2", phase="confirm")
@@ -210,14 +251,14 @@ def test_tiny_tuning_run_then_reuse_from_the_database(cpu, small_cnn, tmp_path):
     dest = tmp_path / "export"
     files = _export_in_child(tuned, ctx2, dest)
     assert (dest / "model.so").exists() and files["runtime"]["tvm"]["tuned"] is True
-    feeds, reference = load_reference(ensure_reference(ctx2.info, 1, tmp_path / "run2" / "data", 60, None))
-    np.savez(tmp_path / "feeds.npz", **feeds)
+    reference = load_reference(ensure_reference(ctx2.info, 1, tmp_path / "run2" / "data", 60, None))
+    np.savez(tmp_path / "feeds.npz", **reference.feeds)
     script = ("import json, sys, numpy as np; from tuners.tvm import TvmTuner; "
               "predict = TvmTuner().load_exported(__import__('pathlib').Path(sys.argv[1]), json.loads(sys.argv[2])); "
               "feeds = dict(np.load(sys.argv[3])); out = predict(feeds); np.save(sys.argv[4], out[0])")
     subprocess.run([sys.executable, "-c", script, str(dest), json.dumps(files["runtime"]), str(tmp_path / "feeds.npz"),
                     str(tmp_path / "out.npy")], check=True, cwd=REPO, timeout=120)
-    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), reference[0], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), reference.outputs[0], rtol=1e-3, atol=1e-4)
 
     # `advisor cache` lists the database and clears it
     from click.testing import CliRunner
@@ -229,6 +270,81 @@ def test_tiny_tuning_run_then_reuse_from_the_database(cpu, small_cnn, tmp_path):
     cleared = CliRunner().invoke(cli, ["cache", "clear", "--cache-dir", str(ctx.cache_dir), "--backend", "tvm",
                                        "--yes"], catch_exceptions=False)
     assert cleared.exit_code == 0 and not shared.exists()
+
+
+def test_a_budget_too_small_to_measure_is_not_labelled_tuned(cpu, small_cnn, tmp_path):
+    """A sweep batch size whose share of the tuning time is gone before the first round: the config still says
+    `tuned: true` (it names the candidate), the label says nothing was tuned."""
+    ctx = replace(_ctx(small_cnn, cpu, tmp_path), batch_size=2)
+    untuned = TvmTuner().search(ctx).ask()[0]
+    [trial] = _measure([_tuned(untuned, seconds=0, trials=16)], ctx, tmp_path)
+    assert trial.status == "ok", trial.reason
+    details = trial.details
+    assert details["tuning_budget_s"] == 0 and details["trials_used"] == 0
+    assert details["stopped_by"] == tvm_tuning.NO_TIME_TO_MEASURE
+    assert details["tuning_status"] == "untuned" and details["measured_trials"] == 0
+    assert details["tasks_with_measured_records"] == 0 and details["batch_size_tuned"] is None
+    assert details["functions_fallback"] >= 1 and details["functions_unscheduled"] == 0
+
+
+def test_a_sweep_batch_size_too_short_to_measure_is_labelled_predicted(cpu, small_cnn, tmp_path):
+    """The issue's sweep: a quarter of a 26 s tuning time at another batch size, 6.5 s, less than starting the
+    runner and measuring one round takes. It measures nothing, so it spends the time on cost-model picks (not on
+    a runner) and says so."""
+    ctx = replace(_ctx(small_cnn, cpu, tmp_path), batch_size=2)
+    untuned = TvmTuner().search(ctx).ask()[0]
+    [trial] = _measure([_tuned(untuned, seconds=26, trials=52)], ctx, tmp_path)
+    assert trial.status == "ok", trial.reason
+    details = trial.details
+    assert details["tuning_budget_s"] == 6.5 < tvm_tuning.MIN_MEASURE_S
+    assert details["stopped_by"] == tvm_tuning.NO_TIME_TO_MEASURE and details["trials_used"] == 0
+    assert details["tuning_status"] == "predicted" and details["batch_size_tuned"] == 2
+    assert details["measured_trials"] == details["tasks_with_measured_records"] == 0
+    assert details["predicted_picks"] >= 1 and details["functions_from_cost_model"] >= 1
+    assert details["tuning_time_s"] < 6.5 + 5  # the picks stop at the deadline (one pick may run past it)
+
+
+def _failing_runner():
+    """A MetaSchedule runner whose every measurement fails (a broken device): records with no run time."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.runner import PyRunner, PyRunnerFuture, RunnerResult
+
+    @derived_object
+    class Failed(PyRunnerFuture):
+        def done(self):
+            return True
+
+        def result(self):
+            return RunnerResult(None, "the device is gone")
+
+    @derived_object
+    class FailingRunner(PyRunner):
+        def run(self, runner_inputs):
+            return [Failed() for _ in runner_inputs]
+
+    return FailingRunner()
+
+
+def test_failed_measurements_leave_a_predicted_build(cpu, small_cnn, tmp_path):
+    """Trials run but none measured: every schedule the build applies is a cost-model pick, labelled so."""
+    from tuners import tvm_compile as tc
+
+    ctx = _ctx(small_cnn, cpu, tmp_path)
+    spec = tc.target_spec(cpu)
+    tvm_tuning.register_cpu_intrinsics_only(cpu.cpu.arch)
+    mod = tc.import_onnx(tc.static_model_path(small_cnn, ctx.info.shapes_at(1), ctx.workdir), ctx.info.shapes_at(1))
+    target, folder = tc.make_target(spec), tmp_path / "db"
+    tvm_tuning.private_copy(tmp_path / "shared", folder)
+    outcome = tvm_tuning.tune(tc.fused_module(mod, target), target, folder, max_trials=8, seconds=20,
+                              threads=tc.threads_for(cpu), runner=_failing_runner())
+    tuning = outcome.details()
+    assert tuning["trials_used"] >= 1 and tuning["measured_trials"] == 0
+    assert tuning["tasks_with_measured_records"] == 0 and tuning["predicted_picks"] >= 1
+    databases = (tvm_tuning.open_database(folder), tvm_tuning.open_database(folder / tvm_tuning.FALLBACK))
+    _, facts = tc.build_with_database(mod, target, databases, tc.threads_for(cpu))
+    label = tvm_tuning.tuning_label(tuning, facts, 1)
+    assert facts["functions_from_database"] == 0 and facts["functions_from_cost_model"] >= 1
+    assert label["tuning_status"] == "predicted" and label["batch_size_tuned"] == 1
 
 
 def _export_in_child(candidate, ctx, dest) -> dict:

@@ -1,7 +1,9 @@
 """Apache TVM: the model imported through the Relax ONNX frontend and compiled for the target, first with TVM's
 default pipeline (`tuned: false`), then tuned with MetaSchedule within this backend's share of the budget
 (`tuned: true`), both measured by the shared harness. Tuning records go to a database kept between runs
-(tuners/tvm_tuning.py); the build pipeline and targets are in tuners/tvm_compile.py.
+(tuners/tvm_tuning.py); the build pipeline and targets are in tuners/tvm_compile.py. The config names the
+candidate; what each build really got (`tuning_status`: tuned, predicted or untuned, and the counts behind it)
+is in its details (docs/tvm.md, "What the label means").
 
 Every build runs in the isolated child the harness gives each candidate, so a segfault or hang inside TVM is a
 failed trial. The tuned candidate's tuning happens once per run folder and batch size (a marker file records
@@ -150,15 +152,16 @@ class TvmTuner(Tuner):
                                f"{tc.target_label(spec)!r}")
         threads = int(config.get("num_threads", tc.threads_for(ctx.target)))
         tc.set_runtime_threads(threads)
-        if ctx.target.kind == "cpu":
-            from tuners.tvm_tuning import register_cpu_intrinsics_only
+        from tuners import tvm_tuning
 
-            register_cpu_intrinsics_only(ctx.target.cpu.arch)
+        if ctx.target.kind == "cpu":
+            tvm_tuning.register_cpu_intrinsics_only(ctx.target.cpu.arch)
         started = time.perf_counter()
         mod, target, input_names = self._import(ctx, spec)
         if not config.get("tuned"):
             executable = tc.build_untuned(mod, target)
-            details = {"tuned": False, "compile_time_s": round(time.perf_counter() - started, 2)}
+            details = {"tuned": False, "compile_time_s": round(time.perf_counter() - started, 2),
+                       **tvm_tuning.untuned_label(tc.task_count(mod, target))}
             return _compiled_model(executable, spec, input_names, details, ctx)
         problem = tc.ffi_problem()
         if problem:
@@ -167,12 +170,13 @@ class TvmTuner(Tuner):
         shared = self.shared_database(ctx, spec)
         tuning = self._ensure_tuned(mod, target, candidate, ctx, folder, shared, threads)
         compile_started = time.perf_counter()
-        from tuners.tvm_tuning import FALLBACK, open_database
-
-        databases = (open_database(folder), open_database(folder / FALLBACK))
+        databases = (tvm_tuning.open_database(folder), tvm_tuning.open_database(folder / tvm_tuning.FALLBACK))
         executable, facts = tc.build_with_database(mod, target, databases, threads)
+        # `tuned: True` names the build (the MetaSchedule database build, not the default pipeline);
+        # `tuning_status` says what it really got
         details = {"tuned": True, **tuning, **facts, "database": str(shared),
-                   "compile_time_s": round(time.perf_counter() - compile_started, 2)}
+                   "compile_time_s": round(time.perf_counter() - compile_started, 2),
+                   **tvm_tuning.tuning_label(tuning, facts, ctx.batch_size)}
         return _compiled_model(executable, spec, input_names, details, ctx)
 
     @staticmethod
@@ -197,6 +201,8 @@ class TvmTuner(Tuner):
             return {**{k: v for k, v in details.items() if k != "progress"}, "tuned_in": "an earlier trial"}
         tvm_tuning.private_copy(shared, folder)
         # the batch size the search measured gets the whole tuning time; each other size of the sweep a share
+        # (one too short to measure a round goes to cost-model picks: the label says "predicted", and a sweep
+        # build labelled otherwise than the build compared at the search's batch size is left out of sizing)
         share = 1.0 if ctx.batch_size == int(candidate.config.get("batch_size", 1)) else SWEEP_TUNING_SHARE
         seconds = float(candidate.config["tuning_s"]) * share
         trials = max(8, int(int(candidate.config["max_trials"]) * share))
@@ -204,7 +210,7 @@ class TvmTuner(Tuner):
         outcome = tvm_tuning.tune(tc.fused_module(mod, target), target, folder, trials, seconds, threads,
                                   runner=runner)
         added = tvm_tuning.merge_records(folder, shared)
-        details = {**outcome.details(), "records_added": added, **measured_on}
+        details = {**outcome.details(), "records_added": added, "tuning_budget_s": round(seconds, 2), **measured_on}
         partial = marker.with_suffix(".partial")
         partial.write_text(json.dumps({"details": details, "tasks": outcome.task_table}, indent=1))
         partial.replace(marker)
@@ -224,7 +230,8 @@ class TvmTuner(Tuner):
         settings = {"library": library.name, "device": "cuda" if spec["kind"] == "cuda" else "cpu",
                     "inputs": model.input_names, "target": tc.target_label(spec),
                     "num_threads": int(candidate.config.get("num_threads", 0)),
-                    "tuned": bool(candidate.config.get("tuned")), "tvm_version": tvm.__version__}
+                    "tuned": bool(candidate.config.get("tuned")), "tvm_version": tvm.__version__,
+                    "tuning_status": model.details.get("tuning_status")}
         (dest / "tvm_module.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
         versions = self.versions()
         return ExportedFiles(files=(library, dest / "tvm_module.json"), runtime={"tvm": settings},

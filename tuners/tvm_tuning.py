@@ -44,9 +44,13 @@ LOCK_TIMEOUT_S = 300
 FALLBACK = "fallback"  # subfolder of a database folder: cost-model-picked schedules of tasks never measured
 FALLBACK_S_PER_TASK = 1.6  # time kept back from measured tuning for each of those picks (2 cores)
 FALLBACK_SHARE = 0.6  # at most this share of the tuning time goes to picks
+MIN_MEASURE_S = 12.0  # starting the runner's worker (it imports TVM: 3-6 s on 2 cores) and one round of trials
+# (4-14 s): a tuning time under this measures nothing, so it goes to picks; the time kept for picks never eats
+# into it, so a longer one always measures
 FALLBACK_PICKS = 4
 FALLBACK_SEED = 1
 WARM_START_RECORDS = 512  # measured records the cost model learns from before a run measures anything
+NO_TIME_TO_MEASURE = "no time to measure"  # stopped_by of a tuning time under MIN_MEASURE_S
 UNMEASURED_S = 1e3  # the run time a picked (never measured) schedule is stored with: it never beats a measured one
 
 log = logging.getLogger("advisor.tvm")
@@ -106,17 +110,54 @@ class TuningOutcome:
     tasks_reused: int  # tasks planned for tuning whose records all came from the database
     trials_used: int
     tuning_time_s: float
-    stopped_by: str  # "plan" (every task got its share), "deadline", or "nothing to tune"
+    stopped_by: str  # "plan" (every task got its share), "deadline", "nothing to tune" or NO_TIME_TO_MEASURE
     progress: list[list[Any]] = field(default_factory=list)  # [elapsed_s, trials, estimated ms]
     task_table: list[dict[str, Any]] = field(default_factory=list)
-    fallbacks_picked: int = 0  # untuned tasks given the schedule the cost model predicts fastest
+    fallbacks_picked: int = 0  # untuned tasks given the schedule the cost model predicts fastest in this run
     warm_start_records: int = 0  # measured records from the database the cost model learned from first
+    # after tuning, what the database holds for these tasks (this run's and earlier runs' records):
+    measured_trials: int = 0  # valid measured records (failed candidates are stored too and not counted)
+    tasks_with_measured_records: int = 0
+    predicted_picks: int = 0  # tasks with no measured record whose schedule is a cost-model pick
 
     def details(self) -> dict[str, Any]:
         return {"tasks": self.tasks, "tasks_tuned": self.tasks_tuned, "tasks_reused": self.tasks_reused,
                 "trials_used": self.trials_used, "tuning_time_s": round(self.tuning_time_s, 2),
                 "stopped_by": self.stopped_by, "fallbacks_picked": self.fallbacks_picked,
-                "warm_start_records": self.warm_start_records, "progress": self.progress}
+                "warm_start_records": self.warm_start_records, "progress": self.progress,
+                "tasks_total": self.tasks, "measured_trials": self.measured_trials,
+                "tasks_with_measured_records": self.tasks_with_measured_records,
+                "predicted_picks": self.predicted_picks}
+
+
+# ---- the label: what a build really got -----------------------------------------------------------------------------
+
+UNTUNED, PREDICTED, TUNED = "untuned", "predicted", "tuned"
+
+
+def tuning_label(tuning: dict[str, Any], facts: dict[str, Any], batch_size: int) -> dict[str, Any]:
+    """The tuned build's label, from what the build applied (`facts` of tvm_compile.build_with_database) and
+    what the databases held for its tasks (`tuning`, TuningOutcome.details): "tuned" when at least one function
+    runs a measured record's schedule, "predicted" when every schedule applied is a cost-model pick (never
+    measured), "untuned" when no record was applied (design-space samples only). The config of the candidate
+    says `tuned: true` whatever happened; this says what did."""
+    if facts.get("functions_from_database"):
+        status = TUNED
+    elif facts.get("functions_from_cost_model"):
+        status = PREDICTED
+    else:
+        status = UNTUNED
+    return {"tuning_status": status, "measured_trials": int(tuning.get("measured_trials", 0)),
+            "predicted_picks": int(tuning.get("predicted_picks", 0)),
+            "tasks_total": int(tuning.get("tasks_total", tuning.get("tasks", 0))),
+            "tasks_with_measured_records": int(tuning.get("tasks_with_measured_records", 0)),
+            "batch_size_tuned": batch_size if status != UNTUNED else None}
+
+
+def untuned_label(tasks_total: int) -> dict[str, Any]:
+    """The label of the default-pipeline build: nothing tuned, nothing predicted."""
+    return {"tuning_status": UNTUNED, "measured_trials": 0, "predicted_picks": 0, "tasks_total": tasks_total,
+            "tasks_with_measured_records": 0, "batch_size_tuned": None}
 
 
 # ---- the shared database ------------------------------------------------------------------------------------------
@@ -342,7 +383,7 @@ def tune(mod, target, database_dir: Path, max_trials: int, seconds: float, threa
     described, best_known = [], {}
     for index, task in enumerate(extracted):
         func = task.dispatched[0]
-        records = database.get_top_k(database.commit_workload(func), 10**6) if database.has_workload(func) else []
+        records = records_of(database, func)
         if records:
             best_known[index] = min(_mean_seconds(record.run_secs) for record in records)
         described.append((task.task_name, float(estimate_tir_flops(func)), int(task.weight), len(records)))
@@ -355,26 +396,65 @@ def tune(mod, target, database_dir: Path, max_trials: int, seconds: float, threa
     warm_records = warm_start(cost_model, database, target, threads)
     unmeasured = [p for p in plans if p.existing_trials == 0 and p not in to_tune]
     # the cost-model-picked schedules of the tasks left untuned get a slice of the time, taken off the end
-    reserve_s = min(FALLBACK_SHARE * seconds, FALLBACK_S_PER_TASK * len(unmeasured))
+    reserve_s = pick_reserve_s(seconds, deadline - time.monotonic(), len(unmeasured))
     tuning_deadline = deadline - reserve_s
     used = [0] * len(to_tune)
     best: list[float | None] = [best_known.get(p.index) for p in to_tune]
     progress: list[list[Any]] = []
-    stopped_by = "nothing to tune"
-    if to_tune and time.monotonic() < tuning_deadline:
+    stopped_by = _why_not_measured(to_tune, seconds, tuning_deadline)
+    if stopped_by is None:
         stopped_by = _tuning_rounds(extracted, to_tune, database, database_dir, target, threads, cost_model,
                                     runner or local_runner(), tuning_deadline, used, best, progress, started)
-    left = [p for p, u in zip(to_tune, used) if not u and not p.existing_trials]
+    # planned tasks the deadline left without a valid measurement (or whose candidates all failed) get picks too
+    left = [p for p in to_tune if not records_of(database, extracted[p.index].dispatched[0])]
     heaviest_first = sorted(unmeasured + left, key=lambda p: -p.work)
     # the last measured round may end past its deadline: the picks keep their reserved time all the same
     pick_deadline = max(deadline, time.monotonic() + reserve_s)
-    fallbacks = pick_fallbacks(extracted, heaviest_first, target, database, database_dir / FALLBACK, cost_model,
-                               threads, pick_deadline)
+    fallback = open_database(database_dir / FALLBACK)
+    fallbacks = pick_fallbacks(extracted, heaviest_first, target, database, fallback, cost_model, threads,
+                               pick_deadline)
     for i, plan in enumerate(to_tune):
         table[plan.index]["trials_used"] = used[i]
         table[plan.index]["best_us"] = round(best[i] * 1e6, 2) if best[i] is not None else None
     return TuningOutcome(len(extracted), sum(1 for u in used if u), reused, sum(used), time.monotonic() - started,
-                         stopped_by, progress, list(table.values()), fallbacks, warm_records)
+                         stopped_by, progress, list(table.values()), fallbacks, warm_records,
+                         **record_counts(extracted, database, fallback))
+
+
+def _why_not_measured(to_tune: list[TaskPlan], seconds: float, deadline: float) -> str | None:
+    """Why no measured round runs (the stopped_by of the run), or None when they run."""
+    if not to_tune:
+        return "nothing to tune"
+    if seconds < MIN_MEASURE_S:
+        return NO_TIME_TO_MEASURE  # not even one round would be measured: the time goes to the picks
+    if time.monotonic() >= deadline:
+        return "deadline"
+    return None
+
+
+def pick_reserve_s(seconds: float, left_s: float, unmeasured: int) -> float:
+    """Time kept back at the end of tuning for the cost-model picks of `unmeasured` tasks, when `left_s` of the
+    `seconds` remain. Measured trials come first: the reserve never takes the time the first measured round
+    needs, so a short budget measures the heaviest task and skips the picks instead of predicting every
+    schedule and measuring none."""
+    wanted = min(FALLBACK_SHARE * seconds, FALLBACK_S_PER_TASK * unmeasured)
+    return max(0.0, min(wanted, left_s - MIN_MEASURE_S))
+
+
+def records_of(database, mod) -> list:
+    """The task's valid records in the database, best first. Failed candidates are stored too (run time 1e10 s)
+    and `get_top_k` leaves them out; the `has_workload` check keeps the lookup from adding a workload."""
+    return database.get_top_k(database.commit_workload(mod), 10**6) if database.has_workload(mod) else []
+
+
+def record_counts(extracted, database, fallback) -> dict[str, int]:
+    """What the databases hold for these tasks after tuning (this run's records and earlier runs'): the build
+    applies exactly these, measured records first, then the cost model's picks."""
+    measured = [len(records_of(database, task.dispatched[0])) for task in extracted]
+    picked = sum(1 for task, count in zip(extracted, measured)
+                 if not count and records_of(fallback, task.dispatched[0]))
+    return {"measured_trials": sum(measured), "tasks_with_measured_records": sum(1 for c in measured if c),
+            "predicted_picks": picked}
 
 
 def warm_start(cost_model, database, target, threads: int, limit: int = WARM_START_RECORDS) -> int:
@@ -443,16 +523,15 @@ def _tuning_rounds(extracted, to_tune, database, database_dir: Path, target, thr
     return "plan"
 
 
-def pick_fallbacks(extracted, plans: list[TaskPlan], target, measured, fallback_dir: Path, cost_model,
-                   threads: int, deadline: float) -> int:
+def pick_fallbacks(extracted, plans: list[TaskPlan], target, measured, fallback, cost_model, threads: int,
+                   deadline: float) -> int:
     """For each task with no measured record, the schedule this run's cost model predicts fastest among a small
-    evolutionary search of MetaSchedule's design space, never measured, kept in `fallback_dir` apart from the
-    `measured` database. The model learned from the tuned tasks' measurements transfers to
+    evolutionary search of MetaSchedule's design space, never measured, kept in the `fallback` database apart
+    from the `measured` one. The model learned from the tuned tasks' measurements transfers to
     tasks of the same kinds (other convolutions, other matmuls); without any, the pick is a random sample.
     Returns how many were picked."""
     from tvm.s_tir import meta_schedule as ms
 
-    fallback = open_database(fallback_dir)
     picked = 0
     for plan in plans:
         if time.monotonic() >= deadline:
