@@ -108,7 +108,8 @@ def main() -> int:
             rows.append((name, measure(name, path, shapes, budget, cache, scratch)))
     print()
     print(f"{'model':<10} {'ORT p50':>9} {'untuned':>10} {'tuned':>9} {'tuned/untuned':>14} {'TVM/ORT':>8} "
-          f"{'tuning s':>9} {'trials':>7} {'tasks tuned':>12} {'kernels: measured/predicted/sampled':>36}")
+          f"{'tuning s':>9} {'trials':>7} {'tasks tuned':>12} {'kernels: measured/predicted/sampled':>36} "
+          f"{'label':>10}")
     for name, trial in rows:
         ort, untuned, tuned = trial["ort"].latency.p50, trial["untuned"].latency.p50, trial["tuned"].latency.p50
         d = trial["tuned"].details
@@ -116,7 +117,7 @@ def main() -> int:
               f"{tuned / ort:>7.2f}x {d.get('tuning_time_s', 0):>9.0f} {d.get('trials_used', 0):>7} "
               f"{d.get('tasks_tuned', 0):>5}/{d.get('tasks', 0):<6} "
               f"{d.get('functions_from_database', 0):>22}/{d.get('functions_from_cost_model', 0)}/"
-              f"{d.get('functions_fallback', 0)}")
+              f"{d.get('functions_fallback', 0):<13} {d.get('tuning_status', '?'):>10}")
     print()
     speedups = [t["untuned"].latency.p50 / t["tuned"].latency.p50 for _, t in rows]
     print(f"tuned vs untuned: min {min(speedups):.1f}x over {len(rows)} models (target >= 5x)")
