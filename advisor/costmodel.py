@@ -22,16 +22,32 @@ decides how an estimate moves between machines whose peak and bandwidth differ i
 Where neither can split it (no profile, one model), faint prior rows (PRIOR_COEFFICIENTS) pick the split.
 Without two thread counts p cannot be learned: PRIOR_PARALLEL_FRACTION is used, the serial terms are left out
 (at one thread count they cannot be told from batch-independent kernel time such as reading the weights; the
-prior's 1 - p stands for them) and the band is widened by PRIOR_BAND_FACTOR. With fewer than three observations
-the fit falls back to one scale on the kernel terms, with the prior thread scaling.
+prior's 1 - p stands for them) and the band is widened by PRIOR_BAND_FACTOR. A learned p at an end of the grid
+(0.0 or 1.0) is a bound rather than an estimate: the fit says so (a note, `parallel_fraction_at_edge` in
+to_dict()) and widens its band by EDGE_BAND_FACTOR, as for the prior. With fewer than three observations the fit
+falls back to one scale on the kernel terms, with the prior thread scaling.
 
 An estimate for another instance is anchored on a real measurement of the same candidate:
 
     estimate(instance) = measured(reference) * model(instance, its threads) / model(reference, threads used)
 
 and its interval is the measured interval x the fit's residual band (2.5-97.5 % of leave-one-out ratios of
-measured to predicted) x a cross-hardware factor (judgement, not learned: docs/costmodel.md), because peak figures
-explain only part of the difference between machines.
+measured to predicted) x a cross-hardware factor (judgement, not learned: docs/costmodel.md), because peak
+figures explain only part of the difference between machines.
+
+Percentiles. The model is fitted on medians (p50) only, and the ranking moves any percentile (the SLO's p90/p99
+as well) with the same ratio model(instance) / model(reference). That ratio is a ratio of work rates, not a
+latency: applying it to a tail figure assumes the tail is the same *relative* distance above the median on both
+machines, i.e. that slow calls are the same kernels slowed by a factor (a neighbour's burst, a thread-pool
+wake-up, frequency changes), which a faster machine shortens in proportion. That holds when the tail is a
+multiple of the median and fails when it is additive: a slow call that waits for the 4 ms scheduler tick
+(/work/shared/NOTES.md: with four ONNX Runtime sessions interleaved, a tiny CNN's p99 was 4.3 ms at a p50 of
+0.14 ms) does not wait less on a machine with twice the peak, so a p99 moved to faster hardware is then
+optimistic, and one moved to slower hardware pessimistic. What the tail depends on beyond that (the instance's
+neighbours, its kernel's tick) is not in any figure the catalogue has, so there is nothing to fit a tail model
+on; the measured interval of that percentile (its bootstrap, wider for p99 than for p50) and the cross-hardware
+factor carry it. bench/costmodel_accuracy.py (also --fit-on/--predict, across machines) tests the ratio on
+medians only.
 """
 
 from __future__ import annotations
@@ -78,6 +94,13 @@ PRIOR_PARALLEL_FRACTION = 0.82
 # 2 threads vs 1 ran 1.4-2.0x on six of the seven bench models (an MLP whose weights fit two cores' caches: 3x):
 # where the prior stands in for a learned p, the residual band is widened by this much (judgement).
 PRIOR_BAND_FACTOR = 1.2
+# A learned p at an end of PARALLEL_GRID (0.0: threads buy nothing; 1.0: perfect scaling) is a bound, not an
+# estimate: the data may want a value beyond it (slower with more threads: contention; faster than Amdahl allows:
+# caches that grow with the cores) or any value near it, and the leave-one-out band, computed at that p, does not
+# see the uncertainty of p itself, which decides every estimate at another core count. The fit says so (notes,
+# `parallel_fraction_at_edge`) and widens its band as it does for the prior p (judgement, the same size: at 8
+# cores p = 1.0 and 0.95 differ by 1.35x; at the other end p = 0.0 and 0.25 by 1.3x).
+EDGE_BAND_FACTOR = PRIOR_BAND_FACTOR
 PROFILE_ROW_WEIGHT = 1.0  # a profiled class time counts as much as a total latency
 # Where the data cannot split the time between kernel terms (one model, no profile: every term grows with the
 # batch together), a faint pull towards these inverse efficiencies decides the split: the full fit of
@@ -254,6 +277,7 @@ class LatencyModel:
     method: str = "learned per-class roofline with Amdahl thread scaling (non-negative least squares)"
     profiled: int = 0  # observations that brought a per-class profile
     notes: tuple[str, ...] = field(default=())
+    parallel_fraction_at_edge: bool = False  # learned p at 0.0 or 1.0, an end of PARALLEL_GRID (band widened)
 
     @classmethod
     def fit(cls, observations: Sequence[Observation]) -> LatencyModel:
@@ -265,16 +289,24 @@ class LatencyModel:
             fits = [(_solve(observations, p), p) for p in PARALLEL_GRID]
             (coef, _), parallel_fraction = min(fits, key=lambda fit: fit[0][1])
             serial, widen, notes = True, 1.0, ()
+            at_edge = parallel_fraction in (PARALLEL_GRID[0], PARALLEL_GRID[-1])
+            if at_edge:
+                widen = EDGE_BAND_FACTOR
+                beyond = ("scaling as good as Amdahl allows or better" if parallel_fraction == PARALLEL_GRID[-1]
+                          else "no gain from more threads, or a loss")
+                notes = (f"parallel fraction {parallel_fraction:g} at the edge of its grid "
+                         f"({PARALLEL_GRID[0]:g}-{PARALLEL_GRID[-1]:g}: {beyond}); it is a bound, not an "
+                         f"estimate: band widened x{EDGE_BAND_FACTOR}",)
         else:
             # serial time cannot be told from parallel time at one thread count: the prior's (1 - p) stands for it
-            parallel_fraction, serial, widen = PRIOR_PARALLEL_FRACTION, False, PRIOR_BAND_FACTOR
+            parallel_fraction, serial, widen, at_edge = PRIOR_PARALLEL_FRACTION, False, PRIOR_BAND_FACTOR, False
             coef, _ = _solve(observations, parallel_fraction, serial)
             note = (f"one thread count measured: parallel fraction {PRIOR_PARALLEL_FRACTION} assumed, band widened "
                     f"x{PRIOR_BAND_FACTOR}")
             notes = (note,)
         low, high = _loo_band(observations, parallel_fraction, serial)
         return cls(dict(zip(TERMS, map(float, coef))), float(parallel_fraction), (low / widen, high * widen),
-                   len(observations), profiled=profiled, notes=notes)
+                   len(observations), profiled=profiled, notes=notes, parallel_fraction_at_edge=bool(at_edge))
 
     @classmethod
     def _one_scale(cls, observations: list[Observation], profiled: int) -> LatencyModel:
@@ -300,6 +332,7 @@ class LatencyModel:
     def to_dict(self) -> dict:
         return {"method": self.method, "coefficients": dict(self.coefficients),
                 "parallel_fraction": self.parallel_fraction, "residual_band": list(self.residual_band),
+                "parallel_fraction_at_edge": self.parallel_fraction_at_edge,
                 "observations": self.n, "profiled_observations": self.profiled, "notes": list(self.notes)}
 
 

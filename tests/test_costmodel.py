@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 
 from advisor.costmodel import (
+    EDGE_BAND_FACTOR,
     PRIOR_PARALLEL_FRACTION,
     TERMS,
     Hardware,
     LatencyModel,
     Observation,
     Work,
+    _loo_band,
     amdahl,
     transfer,
 )
@@ -82,6 +84,33 @@ def test_thread_scaling_is_amdahl():
     assert one / two == pytest.approx(1 / amdahl(0.5, 2), rel=0.1)
     # threads beyond the cores buy nothing; 0 means all cores
     assert model.predict_ms(work, 16, FOUR_CORES) == pytest.approx(model.predict_ms(work, 0, FOUR_CORES))
+
+
+@pytest.mark.parametrize("edge", [1.0, 0.0])
+def test_a_parallel_fraction_at_the_edge_of_its_grid_says_so_and_widens_the_band(edge):
+    """Perfect scaling (p = 1) or none (p = 0): the grid's end is a bound the data may lie beyond, not an estimate;
+    the fit notes it, flags it in to_dict() and widens its leave-one-out band by EDGE_BAND_FACTOR."""
+    observations = _synthetic(TRUE, edge)
+    model = LatencyModel.fit(observations)
+    assert model.parallel_fraction == edge
+    assert model.parallel_fraction_at_edge and model.to_dict()["parallel_fraction_at_edge"] is True
+    assert any("edge of its grid" in note for note in model.notes), model.notes
+    low, high = _loo_band(observations, edge, True)
+    assert model.residual_band == pytest.approx((low / EDGE_BAND_FACTOR, high * EDGE_BAND_FACTOR))
+
+
+def test_a_parallel_fraction_inside_the_grid_is_not_flagged():
+    model = LatencyModel.fit(_synthetic(TRUE, 0.75))
+    assert 0.0 < model.parallel_fraction < 1.0
+    assert not model.parallel_fraction_at_edge and model.to_dict()["parallel_fraction_at_edge"] is False
+    assert not any("edge" in note for note in model.notes)
+    low, high = _loo_band(_synthetic(TRUE, 0.75), model.parallel_fraction, True)
+    assert model.residual_band == pytest.approx((low, high))
+
+
+def test_the_prior_parallel_fraction_is_not_an_edge():
+    model = LatencyModel.fit([o for o in _synthetic(TRUE, 1.0) if o.threads == 1])
+    assert model.parallel_fraction == PRIOR_PARALLEL_FRACTION and not model.parallel_fraction_at_edge
 
 
 def test_one_thread_count_falls_back_to_the_prior_parallel_fraction():
