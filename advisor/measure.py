@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 PERCENTILES = ("p50", "p90", "p95", "p99")
 MAX_KEPT_SAMPLES = 256  # samples kept in the report for distribution plots
+
+
+# The fewest samples a percentile is reported from with its own interval: five samples beyond the quantile
+# (n >= 5 / (1 - q)). Below it the percentile is still computed, but its interval reaches the slowest sample seen.
+MIN_SAMPLES = {"p50": 10, "p90": 50, "p95": 100, "p99": 500}
 
 
 @dataclass(frozen=True)
@@ -23,13 +28,23 @@ class HarnessSettings:
     confidence: float = 0.95
     bootstrap_resamples: int = 1000
 
+    def for_percentile(self, percentile: str) -> HarnessSettings:
+        """These settings, asking for enough samples to report `percentile` (still capped by max_time_s)."""
+        return replace(self, min_iterations=max(self.min_iterations, MIN_SAMPLES[percentile]))
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "min_samples_per_percentile": dict(MIN_SAMPLES)}
 
 
 @dataclass(frozen=True)
 class LatencyStats:
-    """Latency of one candidate in milliseconds, with a bootstrap interval per percentile."""
+    """Latency of one candidate in milliseconds, with a bootstrap interval per percentile.
+
+    The bootstrap draws whole blocks of consecutive samples, not single samples: calls that follow each other
+    share the machine's state (a scheduler tick, a neighbour's burst), so single draws would make the interval
+    too narrow. A head-to-head gives its own blocks (one per round); a solo run is cut into blocks of about
+    n^(1/3) calls. A percentile with fewer than MIN_SAMPLES samples gets an interval up to the slowest sample.
+    """
 
     p50: float
     p90: float
@@ -42,33 +57,50 @@ class LatencyStats:
 
     @classmethod
     def from_samples(cls, samples_ms: Sequence[float], confidence: float = 0.95, resamples: int = 1000,
-                     seed: int = 0) -> LatencyStats:
+                     seed: int = 0, blocks: Sequence[Sequence[float]] | None = None) -> LatencyStats:
+        if blocks is not None:
+            samples_ms = [v for block in blocks for v in block]
         data = np.asarray(samples_ms, dtype=np.float64)
         if data.size == 0:
             raise ValueError("no latency samples")
+        if blocks is None:
+            size = max(1, int(round(data.size ** (1 / 3))))
+            blocks = [data[i:i + size] for i in range(0, data.size, size)]
+        chunks = [np.asarray(b, dtype=np.float64) for b in blocks if len(b)]
         quantiles = np.array([50, 90, 95, 99], dtype=np.float64)
         rng = np.random.default_rng(seed)
-        boot = rng.choice(data, size=(resamples, data.size), replace=True)
-        boot_q = np.percentile(boot, quantiles, axis=1)  # (4, resamples)
+        boot_q = np.empty((4, resamples))
+        for i in range(resamples):
+            picks = rng.integers(0, len(chunks), len(chunks))
+            boot_q[:, i] = np.percentile(np.concatenate([chunks[j] for j in picks]), quantiles)
         alpha = (1 - confidence) / 2
         lows = np.quantile(boot_q, alpha, axis=1)
         highs = np.quantile(boot_q, 1 - alpha, axis=1)
         point = np.percentile(data, quantiles)
+        intervals = {}
+        for name, lo, hi in zip(PERCENTILES, lows, highs):
+            if data.size < MIN_SAMPLES[name]:
+                hi = max(hi, float(data.max()))
+            intervals[name] = (float(lo), float(hi))
         kept = data if data.size <= MAX_KEPT_SAMPLES else data[np.linspace(0, data.size - 1, MAX_KEPT_SAMPLES,
                                                                            dtype=int)]
         return cls(
             p50=float(point[0]), p90=float(point[1]), p95=float(point[2]), p99=float(point[3]),
-            mean=float(data.mean()), n=int(data.size),
-            intervals={name: (float(lo), float(hi)) for name, lo, hi in zip(PERCENTILES, lows, highs)},
+            mean=float(data.mean()), n=int(data.size), intervals=intervals,
             samples_ms=tuple(round(float(s), 4) for s in kept),
         )
+
+    def sufficient(self, percentile: str) -> bool:
+        """Whether there are at least MIN_SAMPLES samples for this percentile."""
+        return self.n >= MIN_SAMPLES[percentile]
 
     def at(self, percentile: str) -> float:
         return float(getattr(self, percentile))
 
     def to_dict(self) -> dict:
         return {"p50": self.p50, "p90": self.p90, "p95": self.p95, "p99": self.p99, "mean": self.mean, "n": self.n,
-                "intervals": {k: list(v) for k, v in self.intervals.items()}, "samples_ms": list(self.samples_ms)}
+                "intervals": {k: list(v) for k, v in self.intervals.items()}, "samples_ms": list(self.samples_ms),
+                "sufficient": {p: self.sufficient(p) for p in PERCENTILES}}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> LatencyStats:
@@ -77,14 +109,38 @@ class LatencyStats:
                    samples_ms=tuple(data.get("samples_ms", ())))
 
 
-def time_calls(run: Callable[[], object], settings: HarnessSettings, deadline: float | None = None) -> list[float]:
+HOPELESS_CALLS = 3
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-call latencies of one candidate; `stopped_early` when it was given up as hopelessly slow."""
+
+    samples_ms: list[float]
+    stopped_early: bool = False
+
+
+def time_calls(run: Callable[[], object], settings: HarnessSettings, deadline: float | None = None,
+               hopeless_ms: float | None = None) -> Timing:
     """Warm up, then call `run` until both the minimum count and time are reached (or a limit is hit).
 
-    Returns per-call latencies in milliseconds. `deadline` (time.monotonic) caps the loop below max_time_s
-    so a run never overshoots the overall budget; at least one timed call is always made.
+    `deadline` (time.monotonic) caps the loop below max_time_s so a run never overshoots the overall budget; at
+    least one timed call is always made. `hopeless_ms`: once three calls (warm-up included) were all slower than
+    it, timing stops: a candidate that much slower than the best so far cannot win, and a 10 s-per-call build
+    timed to the end would take the whole budget. The fastest call decides, not the median: noise and a slow
+    first call only ever make calls slower.
     """
+    seen: list[float] = []
+
+    def hopeless() -> bool:
+        return hopeless_ms is not None and len(seen) >= HOPELESS_CALLS and min(seen) > hopeless_ms
+
     for _ in range(settings.warmup):
+        t0 = time.perf_counter()
         run()
+        seen.append((time.perf_counter() - t0) * 1000.0)
+        if hopeless():
+            return Timing(seen, stopped_early=True)
     samples: list[float] = []
     start = time.monotonic()
     stop_at = start + settings.max_time_s
@@ -94,36 +150,123 @@ def time_calls(run: Callable[[], object], settings: HarnessSettings, deadline: f
         t0 = time.perf_counter()
         run()
         samples.append((time.perf_counter() - t0) * 1000.0)
+        seen.append(samples[-1])
         now = time.monotonic()
+        if len(samples) < settings.min_iterations and hopeless():
+            return Timing(samples, stopped_early=True)
         enough = len(samples) >= settings.min_iterations and now - start >= settings.min_time_s
         if enough or now >= stop_at or len(samples) >= settings.max_iterations:
-            return samples
+            return Timing(samples)
 
 
-def interleaved_samples(runs: Mapping[str, Callable[[], object]], settings: HarnessSettings,
-                        block: int = 10, rewarm: int = 2) -> dict[str, list[float]]:
-    """Time several candidates in one process in alternating blocks, so drift and noise hit them all alike.
+QUIET_CPU_FRACTION = 0.05  # of one core: below this, no thread of ours is still spinning
+QUIET_PROBE_S = 0.01
+QUIET_MAX_WAIT_S = 1.0
+BLOCK_MIN_S = 0.05  # a block lasts at least this long, so the quiet gaps cost a bounded share of the time
 
-    Blocks rather than strict round-robin: a runtime's thread pool keeps spinning for a moment after a call,
-    which would steal cores from whichever candidate runs next. The first `rewarm` calls of each block are
-    discarded for the same reason.
+
+def wait_until_quiet(max_wait_s: float = QUIET_MAX_WAIT_S) -> float:
+    """Sleep until this process burns (almost) no CPU: a runtime's thread pool keeps spinning for tens of
+    milliseconds after a call (ONNX Runtime by default) and would steal the cores of whatever runs next. Waiting
+    it out keeps every candidate's configuration exactly as deployed (unlike turning spinning off). Returns the
+    seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < max_wait_s:
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        time.sleep(QUIET_PROBE_S)
+        if time.process_time() - cpu0 < QUIET_CPU_FRACTION * (time.monotonic() - wall0):
+            break
+    return time.monotonic() - started
+
+
+def interleaved_rounds(runs: Mapping[str, Callable[[], object]], settings: HarnessSettings, block: int = 10,
+                       rewarm: int = 2) -> dict[str, list[list[float]]]:
+    """Time several candidates in one process in alternating rounds, one block per candidate per round, so drift
+    and noise hit them all alike; returns each candidate's blocks (round by round).
+
+    Only one candidate runs at a time: before each block the process waits until no thread pool of the previous
+    candidate is spinning any more (wait_until_quiet), and the first `rewarm` calls of a block, which wake the
+    candidate's own pool, are discarded. A block lasts at least `block` calls and BLOCK_MIN_S.
     """
     for run in runs.values():
         for _ in range(settings.warmup):
             run()
-    samples: dict[str, list[float]] = {key: [] for key in runs}
+    blocks: dict[str, list[list[float]]] = {key: [] for key in runs}
     start = time.monotonic()
+    order = list(runs)
     while True:
-        for key, run in runs.items():
-            for index in range(block + rewarm):
+        for key in order:
+            run = runs[key]
+            wait_until_quiet()
+            for _ in range(rewarm):
+                run()
+            values: list[float] = []
+            block_start = time.monotonic()
+            while len(values) < block or time.monotonic() - block_start < BLOCK_MIN_S:
                 t0 = time.perf_counter()
                 run()
-                if index >= rewarm:
-                    samples[key].append((time.perf_counter() - t0) * 1000.0)
-        count = min(len(values) for values in samples.values())
+                values.append((time.perf_counter() - t0) * 1000.0)
+            blocks[key].append(values)
+        order = order[1:] + order[:1]  # no candidate always runs right after the same other one
+        count = min(sum(len(b) for b in per) for per in blocks.values())
         elapsed = time.monotonic() - start
         if (count >= settings.min_iterations and elapsed >= settings.min_time_s) or elapsed >= settings.max_time_s:
-            return samples
+            return blocks
+
+
+def interleaved_samples(runs: Mapping[str, Callable[[], object]], settings: HarnessSettings,
+                        block: int = 10, rewarm: int = 2) -> dict[str, list[float]]:
+    """interleaved_rounds, flattened."""
+    return {key: [v for values in blocks for v in values]
+            for key, blocks in interleaved_rounds(runs, settings, block, rewarm).items()}
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A challenger's percentile minus the baseline's, from the same head-to-head, with its interval."""
+
+    percentile: str
+    diff_ms: float
+    interval_ms: tuple[float, float]
+
+    @property
+    def better(self) -> bool:
+        """Faster beyond the interval of the difference: anything less is a tie, and ties go to the baseline."""
+        return self.interval_ms[1] < 0
+
+    @property
+    def worse(self) -> bool:
+        return self.interval_ms[0] > 0
+
+    def to_dict(self) -> dict:
+        return {"percentile": self.percentile, "diff_ms": self.diff_ms, "interval_ms": list(self.interval_ms),
+                "better": self.better, "worse": self.worse}
+
+
+def paired_difference(challenger: Sequence[Sequence[float]], baseline: Sequence[Sequence[float]],
+                      percentile: str, confidence: float = 0.95, resamples: int = 1000,
+                      seed: int = 0) -> Difference:
+    """Bootstrap over rounds: each resample draws whole rounds (the challenger's and the baseline's blocks of the
+    same round together), so slow phases of the machine and the tick-correlated samples within a block are never
+    treated as independent draws."""
+    rounds = min(len(challenger), len(baseline))
+    q = _QUANTILE[percentile]
+    point = float(np.percentile(_flat(challenger), q) - np.percentile(_flat(baseline), q))
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(resamples)
+    for i in range(resamples):
+        picks = rng.integers(0, rounds, rounds)
+        diffs[i] = (np.percentile(_flat(challenger[j] for j in picks), q)
+                    - np.percentile(_flat(baseline[j] for j in picks), q))
+    alpha = (1 - confidence) / 2
+    return Difference(percentile, point, (float(np.quantile(diffs, alpha)), float(np.quantile(diffs, 1 - alpha))))
+
+
+_QUANTILE = {"p50": 50, "p90": 90, "p95": 95, "p99": 99}
+
+
+def _flat(blocks) -> np.ndarray:
+    return np.concatenate([np.asarray(b, dtype=np.float64) for b in blocks])
 
 
 @dataclass(frozen=True)
