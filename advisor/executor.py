@@ -1,8 +1,15 @@
 """Building and measuring candidates in isolated child processes, and turning what happened into Trials.
 
 The child builds each candidate with its tuner, checks its outputs against the ONNX Runtime fp32 reference and
-times it with the shared harness. Several candidates given together are timed interleaved in that one child
-(the head-to-head `confirm` phase), so they are compared under the same conditions.
+times it with the shared harness. Several candidates given together are timed in alternating rounds in that one
+child, one at a time (the head-to-head `confirm` phase), so they are compared under the same conditions, and
+each challenger's difference to the baseline is computed round by round.
+
+The numerical check is calibrated on the model: the reference is ONNX Runtime with graph optimisations off, and
+two other legitimate fp32 executions (the stock optimised session, and the same with one thread) measure how far
+fp32 results of this model may drift from it by fusion and reordering alone (the noise floor). fp32 candidates
+are judged against FLOOR_FACTOR times that floor (at least FP32_TOLERANCE), reduced precision against --tolerance
+or that, whichever is larger; the stock configuration is never rejected (it is what the user runs today).
 """
 
 from __future__ import annotations
@@ -15,12 +22,14 @@ import numpy as np
 
 from advisor.feeds import make_feeds
 from advisor.isolation import run_isolated
-from advisor.measure import HarnessSettings, LatencyStats, compare_outputs, interleaved_samples, time_calls
+from advisor.measure import (HarnessSettings, LatencyStats, compare_outputs, interleaved_rounds, paired_difference,
+                             time_calls)
 from advisor.model import ModelInfo
 from advisor.trials import Trial
 from tuners.base import Candidate, TuneContext
 
 FP32_TOLERANCE = 1e-3  # fp32 candidates differ from the reference only by operator fusion and reordering
+FLOOR_FACTOR = 4.0  # another legitimate fp32 execution may drift a few times further than the two we measured
 
 
 @dataclass(frozen=True)
@@ -30,20 +39,43 @@ class MeasureJob:
     data_path: Path  # feeds and reference outputs for ctx.batch_size
     harness: HarnessSettings
     profile: bool = False  # also record time per operator class (for the cost model and the report)
+    baseline: int | None = None  # head-to-head: index of the candidate every other one is compared with
+    percentile: str = "p99"  # the percentile a head-to-head compares
+    hopeless_ms: float | None = None  # stop timing a candidate whose median is above this (harness.time_calls)
+    contexts: tuple[TuneContext, ...] = ()  # one per candidate when they differ (backends of a head-to-head)
+
+    def context(self, index: int) -> TuneContext:
+        return self.contexts[index] if self.contexts else self.ctx
 
 
 def reference_data_path(data_dir: Path, batch_size: int) -> Path:
     return data_dir / f"reference-b{batch_size}.npz"
 
 
-def reference_outputs(model_path: Path, feeds) -> list:
-    """The fp32 reference every candidate is checked against: ONNX Runtime on the CPU, graph optimisations off."""
+def reference_outputs(model_path: Path, feeds, level: str = "disabled", threads: int = 0) -> list:
+    """The fp32 reference every candidate is checked against: ONNX Runtime on the CPU, graph optimisations off.
+    `level` and `threads` give the other legitimate fp32 executions the noise floor is measured with."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.graph_optimization_level = {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                                        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     return session.run(None, dict(feeds))
+
+
+def fp32_noise_floor(model_path: Path, feeds, reference: list) -> float:
+    """The largest relative difference between the reference and two other legitimate fp32 executions."""
+    floor = 0.0
+    for level, threads in (("all", 0), ("all", 1)):
+        check = compare_outputs(reference_outputs(model_path, feeds, level, threads), reference, float("inf"))
+        floor = max(floor, check.max_rel_error)
+    return floor
+
+
+def fp32_tolerance(noise_floor: float) -> float:
+    return max(FP32_TOLERANCE, FLOOR_FACTOR * noise_floor)
 
 
 def _compute_reference(info: ModelInfo, batch_size: int, path: Path) -> None:
@@ -51,6 +83,7 @@ def _compute_reference(info: ModelInfo, batch_size: int, path: Path) -> None:
     outputs = reference_outputs(info.path, feeds)
     arrays = {f"in:{name}": value for name, value in feeds.items()}
     arrays.update({f"out:{i}": np.asarray(value) for i, value in enumerate(outputs)})
+    arrays["meta:noise_floor"] = np.asarray(fp32_noise_floor(info.path, feeds, outputs))
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.stem + ".partial.npz")
     np.savez(partial, **arrays)
@@ -67,52 +100,66 @@ def ensure_reference(info: ModelInfo, batch_size: int, data_dir: Path, timeout_s
     return path
 
 
-def load_reference(path: Path) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+@dataclass(frozen=True)
+class Reference:
+    feeds: dict[str, np.ndarray]
+    outputs: list[np.ndarray]
+    noise_floor: float  # max relative difference of other legitimate fp32 executions from `outputs`
+
+    def tolerance(self, candidate: Candidate, ctx: TuneContext) -> float:
+        fp32 = fp32_tolerance(self.noise_floor)
+        return fp32 if candidate.config.get("precision", "fp32") == "fp32" else max(ctx.tolerance, fp32)
+
+
+def load_reference(path: Path) -> Reference:
     with np.load(path) as data:
         feeds = {key[3:]: data[key] for key in data.files if key.startswith("in:")}
         outputs = [data[f"out:{i}"] for i in range(sum(1 for k in data.files if k.startswith("out:")))]
-    return feeds, outputs
-
-
-def _tolerance(candidate: Candidate, ctx: TuneContext) -> float:
-    return FP32_TOLERANCE if candidate.config.get("precision", "fp32") == "fp32" else ctx.tolerance
+        floor = float(data["meta:noise_floor"]) if "meta:noise_floor" in data.files else 0.0
+    return Reference(feeds, outputs, floor)
 
 
 def measure_in_child(job: MeasureJob) -> list[dict]:
     """Child-process entry: build, check and time each candidate; returns one plain dict per candidate."""
     from tuners.registry import load_tuner
 
-    feeds, reference = load_reference(job.data_path)
+    reference = load_reference(job.data_path)
     results: list[dict] = []
     runnable = {}
-    for candidate in job.candidates:
+    for index, candidate in enumerate(job.candidates):
         tuner = load_tuner(candidate.backend)
+        ctx = job.context(index)
         started = time.perf_counter()
         try:
-            model = tuner.build(candidate, job.ctx)
-            model.bind(feeds)
+            model = tuner.build(candidate, ctx)
+            model.bind(reference.feeds)
             model.execute()
-            check = compare_outputs(model.outputs(), reference, _tolerance(candidate, job.ctx))
+            check = compare_outputs(model.outputs(), reference.outputs, reference.tolerance(candidate, ctx))
         except Exception as error:  # a build error is a failed trial, not a failed run
             message = f"{type(error).__name__}: {error}".strip().splitlines()[0][:500]
             results.append({"status": "failed", "reason": message, "build_s": time.perf_counter() - started})
             continue
-        entry = {"status": "ok", "reason": None, "check": check.to_dict(), "details": dict(model.details),
-                 "build_s": time.perf_counter() - started}
-        if not check.passed:
+        entry = {"status": "ok", "reason": None, "check": {**check.to_dict(), "noise_floor": reference.noise_floor},
+                 "details": dict(model.details), "build_s": time.perf_counter() - started}
+        if not check.passed and not candidate.config.get("stock"):
             entry["status"] = "rejected"
             entry["reason"] = (f"outputs differ from the fp32 reference: max relative error {check.max_rel_error:.3g} "
-                               f"> tolerance {check.tolerance:g}")
+                               f"> tolerance {check.tolerance:.3g} (fp32 noise floor of this model "
+                               f"{reference.noise_floor:.3g})")
         else:
             runnable[len(results)] = model
         results.append(entry)
     if len(runnable) == 1:
         index, model = next(iter(runnable.items()))
-        results[index]["samples_ms"] = time_calls(model.execute, job.harness)
+        timing = time_calls(model.execute, job.harness, hopeless_ms=job.hopeless_ms)
+        results[index]["samples_ms"] = timing.samples_ms
+        if timing.stopped_early:
+            results[index]["status"] = "skipped"
+            results[index]["reason"] = (f"stopped early: {len(timing.samples_ms)} calls all slower than "
+                                        f"{job.hopeless_ms:.4g} ms (fastest {min(timing.samples_ms):.4g} ms), "
+                                        f"several times the best so far on this target")
     elif runnable:
-        samples = interleaved_samples({str(i): m.execute for i, m in runnable.items()}, job.harness)
-        for key, values in samples.items():
-            results[int(key)]["samples_ms"] = values
+        _head_to_head(job, runnable, results)
     if job.profile:
         for index, model in runnable.items():
             try:
@@ -120,6 +167,21 @@ def measure_in_child(job: MeasureJob) -> list[dict]:
             except Exception as error:  # profiling is a nice-to-have for the report; never fail a trial on it
                 results[index]["details"]["op_class_ms_error"] = str(error)[:200]
     return results
+
+
+def _head_to_head(job: MeasureJob, runnable: dict, results: list[dict]) -> None:
+    """Time the runnable candidates in alternating rounds; each challenger gets its difference to the baseline."""
+    rounds = interleaved_rounds({str(i): m.execute for i, m in runnable.items()}, job.harness)
+    for key, blocks in rounds.items():
+        results[int(key)]["samples_ms"] = [v for block in blocks for v in block]
+        results[int(key)]["blocks"] = blocks
+    if job.baseline is None or str(job.baseline) not in rounds:
+        return
+    for key, blocks in rounds.items():
+        if int(key) != job.baseline:
+            difference = paired_difference(blocks, rounds[str(job.baseline)], job.percentile, job.harness.confidence,
+                                           job.harness.bootstrap_resamples)
+            results[int(key)]["details"]["head_to_head"] = difference.to_dict()
 
 
 @dataclass(frozen=True)
@@ -146,9 +208,10 @@ def run_job(job: MeasureJob, phase: str, limits: ExecutionLimits) -> list[Trial]
         entry = result.value[index]
         check = entry.get("check") or {}
         samples = entry.get("samples_ms")
-        latency = LatencyStats.from_samples(samples, job.harness.confidence, job.harness.bootstrap_resamples) \
-            if samples else None
+        latency = LatencyStats.from_samples(samples, job.harness.confidence, job.harness.bootstrap_resamples,
+                                            blocks=entry.get("blocks")) if samples else None
         trials.append(Trial(status=entry["status"], reason=entry["reason"], latency=latency,
                             max_abs_error=check.get("max_abs_error"), max_rel_error=check.get("max_rel_error"),
+                            tolerance=check.get("tolerance"), fp32_noise_floor=check.get("noise_floor"),
                             details=entry.get("details") or {}, **base))
     return trials

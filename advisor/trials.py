@@ -27,6 +27,8 @@ class Trial:
     latency: LatencyStats | None = None
     max_abs_error: float | None = None
     max_rel_error: float | None = None
+    tolerance: float | None = None  # the relative error this trial's outputs were allowed (calibrated per model)
+    fp32_noise_floor: float | None = None  # how far legitimate fp32 executions of the model differ from each other
     phase: str = "search"  # search | confirm (interleaved head-to-head) | sweep (batch sizes)
     details: Mapping[str, Any] = field(default_factory=dict)  # build/tuning facts from the backend
     peak_rss_mib: float | None = None
@@ -56,6 +58,7 @@ class Trial:
             "latency_ms": self.latency.to_dict() if self.latency else None,
             "throughput_per_s": self.throughput_per_s(),
             "max_abs_error": _finite(self.max_abs_error), "max_rel_error": _finite(self.max_rel_error),
+            "tolerance": self.tolerance, "fp32_noise_floor": self.fp32_noise_floor,
             "phase": self.phase, "details": dict(self.details), "peak_rss_mib": self.peak_rss_mib,
             "duration_s": self.duration_s,
         }
@@ -67,7 +70,7 @@ class Trial:
             batch_size=int(data["batch_size"]), status=data["status"], reason=data.get("reason"),
             latency=LatencyStats.from_dict(data["latency_ms"]) if data.get("latency_ms") else None,
             max_abs_error=data.get("max_abs_error"), max_rel_error=data.get("max_rel_error"),
-            phase=data.get("phase", "search"), details=dict(data.get("details") or {}),
+            tolerance=data.get("tolerance"), fp32_noise_floor=data.get("fp32_noise_floor"), phase=data.get("phase", "search"), details=dict(data.get("details") or {}),
             peak_rss_mib=data.get("peak_rss_mib"), duration_s=float(data.get("duration_s") or 0.0),
         )
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from advisor.errors import UserError
-from advisor.executor import FP32_TOLERANCE, reference_outputs
+from advisor.executor import fp32_noise_floor, fp32_tolerance, reference_outputs
 from advisor.feeds import make_feeds
 from advisor.measure import HarnessSettings, LatencyStats, NumericCheck, compare_outputs, time_calls
 from advisor.model import ModelSpec, analyze
@@ -55,9 +55,13 @@ def verify(artifact: Path, model: Path | None = None, harness: HarnessSettings |
             raise UserError(f"{source} is not the model this artifact was built from (sha256 differs)")
         feeds = make_feeds(info, batch)
         reduced = manifest["config"].get("precision", "fp32") != "fp32"
-        tolerance = manifest.get("tolerance", FP32_TOLERANCE) if reduced else FP32_TOLERANCE
-        numerics = compare_outputs(predict(feeds), reference_outputs(source, feeds), tolerance)
-        samples = time_calls(lambda: predict(feeds), harness)
+        reference = reference_outputs(source, feeds)
+        # the same calibration as the run: this model's fp32 noise floor, measured here
+        tolerance = fp32_tolerance(fp32_noise_floor(source, feeds, reference))
+        if reduced:
+            tolerance = max(tolerance, manifest.get("tolerance", tolerance))
+        numerics = compare_outputs(predict(feeds), reference, tolerance)
+        samples = time_calls(lambda: predict(feeds), harness).samples_ms
         latency = LatencyStats.from_samples(samples, harness.confidence, harness.bootstrap_resamples)
         slo = Slo(manifest["slo"]["latency_ms"], manifest["slo"]["percentile"])
         verdict = judge(slo, latency.at(slo.percentile), latency.intervals[slo.percentile])

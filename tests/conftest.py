@@ -18,6 +18,7 @@ def model_dir(tmp_path_factory) -> Path:
     models.save(models.tiny_cnn(), folder / "cnn.onnx")
     models.save(models.tiny_mlp(), folder / "mlp.onnx")
     models.save(models.tiny_encoder(), folder / "encoder.onnx")
+    models.save(models.cancelling_cnn(), folder / "cancelling.onnx")
     return folder
 
 
@@ -29,6 +30,11 @@ def cnn_path(model_dir) -> Path:
 @pytest.fixture(scope="session")
 def mlp_path(model_dir) -> Path:
     return model_dir / "mlp.onnx"
+
+
+@pytest.fixture(scope="session")
+def cancelling_path(model_dir) -> Path:
+    return model_dir / "cancelling.onnx"
 
 
 @pytest.fixture(scope="session")

@@ -113,6 +113,34 @@ def tiny_encoder(vocab: int = 1000, hidden: int = 64, seed: int = 0) -> onnx.Mod
     return _model(graph)
 
 
+def cancelling_cnn(size: int = 32, channels: int = 32, depth: int = 4, delta: float = 1e-4,
+                   seed: int = 0) -> onnx.ModelProto:
+    """A conv stack whose output is the difference of two nearly equal convolutions (weights W and W(1+delta)).
+
+    The cancellation magnifies fp32 rounding: ONNX Runtime's optimised session (NCHWc convolutions) disagrees
+    with its unoptimised one by ~5e-3 relative, beyond a fixed 1e-3 tolerance, as deep real networks do.
+    """
+    rng = np.random.default_rng(seed)
+    head = (rng.standard_normal((channels, channels, 3, 3)) * 0.1).astype(np.float32)
+    inits = [_weight(rng, "stem.w", (channels, 3, 3, 3)), numpy_helper.from_array(head, "head_a.w"),
+             numpy_helper.from_array((head * (1 + delta)).astype(np.float32), "head_b.w")]
+    nodes = [helper.make_node("Conv", ["image", "stem.w"], ["stem"], name="stem", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["stem"], ["x0"], name="stem_relu")]
+    for i in range(depth):
+        inits += [_weight(rng, f"conv{i}.w", (channels, channels, 3, 3), 0.08), _weight(rng, f"conv{i}.b", (channels,))]
+        nodes += [helper.make_node("Conv", [f"x{i}", f"conv{i}.w", f"conv{i}.b"], [f"c{i}"], name=f"conv{i}",
+                                   pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"x{i + 1}"], name=f"relu{i}")]
+    nodes += [helper.make_node("Conv", [f"x{depth}", "head_a.w"], ["head_a"], name="head_a", pads=[1, 1, 1, 1]),
+              helper.make_node("Conv", [f"x{depth}", "head_b.w"], ["head_b"], name="head_b", pads=[1, 1, 1, 1]),
+              helper.make_node("Sub", ["head_a", "head_b"], ["difference"], name="difference")]
+    graph = helper.make_graph(
+        nodes, "cancelling_cnn",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("difference", TensorProto.FLOAT, ["batch", channels, size, size])], inits)
+    return _model(graph)
+
+
 def save(model: onnx.ModelProto, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))

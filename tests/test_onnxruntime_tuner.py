@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from advisor.executor import MeasureJob, ensure_reference, load_reference, run_job, ExecutionLimits
+from advisor.executor import ExecutionLimits, MeasureJob, ensure_reference, fp32_tolerance, load_reference, run_job
 from advisor.measure import HarnessSettings
 from advisor.model import ModelSpec, analyze
 from hwprofiles.targets import detect_targets
 from tuners.base import Candidate, TrialOutcome, TuneContext
-from tuners.onnxruntime import OnnxRuntimeTuner, stock_config
+from tuners.onnxruntime import GRAPH_LEVELS, OnnxRuntimeTuner, stock_config
 
 FAST = HarnessSettings(warmup=1, min_iterations=5, min_time_s=0.05, max_time_s=1.0, bootstrap_resamples=200)
 
@@ -44,12 +44,17 @@ def test_search_starts_with_stock_and_varies_the_best(cpu, cnn_path, tmp_path):
     spinning = search.ask()
     assert spinning and all(c.config["intra_op_threads"] == fastest.config["intra_op_threads"] for c in spinning)
     seen = {c.key for c in first + threads + spinning}
+    proposed = [c.config for c in first + threads + spinning]
     while batch := search.ask():
         assert not seen & {c.key for c in batch}, "a configuration was proposed twice"
         seen |= {c.key for c in batch}
+        proposed += [c.config for c in batch]
         for candidate in batch:
             search.tell(TrialOutcome(candidate, False, None))
-    assert any(c for c in seen)
+    # the search ran every stage and then stopped: graph levels, parallel execution and int8 were all proposed
+    assert {c.get("graph_optimization") for c in proposed} == set(GRAPH_LEVELS) | {"all"}
+    assert any(c.get("execution_mode") == "parallel" for c in proposed)
+    assert any(c.get("precision") == "int8-dynamic" for c in proposed)
 
 
 def test_failed_baseline_ends_search(cpu, cnn_path, tmp_path):
@@ -70,7 +75,10 @@ def test_measure_stock_and_int8_against_reference(cpu, encoder_path, tmp_path):
     assert trials[0].status == "ok" and trials[0].latency.n >= 5
     assert trials[0].max_rel_error < 1e-3
     assert trials[0].details["op_class_ms"]["matmul"] > 0
-    assert trials[1].status == "rejected" and "tolerance 1e-09" in trials[1].reason
+    # a reduced precision is held to --tolerance, never tighter than the model's calibrated fp32 tolerance
+    assert trials[1].status == "rejected", trials[1].reason
+    assert trials[1].tolerance == pytest.approx(fp32_tolerance(trials[1].fp32_noise_floor))
+    assert trials[1].max_rel_error > trials[1].tolerance and f"tolerance {trials[1].tolerance:.3g}" in trials[1].reason
     assert (ctx.workdir / "encoder.int8-dynamic.onnx").exists()
 
 
@@ -81,5 +89,6 @@ def test_export_and_load(cpu, cnn_path, tmp_path):
     exported = tuner.export(Candidate("onnxruntime", "cpu", config), ctx, tmp_path / "artifact")
     assert {p.name for p in exported.files} == {"model.onnx", "session_options.json"}
     run = tuner.load_exported(tmp_path / "artifact", exported.runtime)
-    feeds, reference = load_reference(ensure_reference(ctx.info, 1, tmp_path / "data", 120, None))
+    ref = load_reference(ensure_reference(ctx.info, 1, tmp_path / "data", 120, None))
+    feeds, reference = ref.feeds, ref.outputs
     np.testing.assert_allclose(run(feeds)[0], reference[0], rtol=1e-4, atol=1e-5)

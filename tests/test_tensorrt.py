@@ -405,7 +405,8 @@ def test_export_and_load_exported(cnn_path, tmp_path):
     assert [b["name"] for b in built_for["bindings"]] == ["image", "logits"]
     assert any(r.startswith("tensorrt") for r in exported.requirements)
     predict = tuner.load_exported(tmp_path / "artifact", exported.runtime)
-    feeds, reference = load_reference(ensure_reference(ctx.info, 2, tmp_path / "data", 120, None))
+    ref = load_reference(ensure_reference(ctx.info, 2, tmp_path / "data", 120, None))
+    feeds, reference = ref.feeds, ref.outputs
     np.testing.assert_allclose(predict(feeds)[0], reference[0], rtol=1e-3, atol=1e-4)
     one = {name: value[:1] for name, value in feeds.items()}  # smaller batches fit the profile too
     np.testing.assert_allclose(predict(one)[0], reference[0][:1], rtol=1e-3, atol=1e-4)
