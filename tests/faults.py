@@ -30,6 +30,14 @@ def fail(message: str):
     raise ValueError(message)
 
 
+def shout(message: str) -> str:
+    """Writes to both of the child's output streams, as a chatty compiler would."""
+    import sys
+    print(f"stdout: {message}", flush=True)
+    print(f"stderr: {message}", file=sys.stderr, flush=True)
+    return message
+
+
 def echo(value):
     return value
 

@@ -44,9 +44,11 @@ def test_silent_exit():
 
 def test_child_output_goes_to_log(tmp_path):
     log = tmp_path / "workers.log"
-    result = run_isolated(faults.fail, ("logged",), timeout_s=60, log_path=log)
-    assert not result.ok
-    assert log.exists()
+    result = run_isolated(faults.shout, ("logged",), timeout_s=60, log_path=log)
+    assert result.ok and result.value == "logged"
+    # the parent opens the log; what proves the child's streams went there is the child's own lines in it
+    text = log.read_text()
+    assert "stdout: logged" in text and "stderr: logged" in text
 
 
 def test_orphaned_child_stops_itself(tmp_path):
