@@ -17,7 +17,7 @@ from advisor.report import build_report, write_report
 from advisor.runfolder import RunFolder
 from advisor.ranking import RankingInputs, rank
 from advisor.trials import Trial
-from advisor.tuning import tune_targets
+from advisor.tuning import Deadline, tune_targets
 from hwprofiles.catalog import load_catalog
 from hwprofiles.targets import Target, detect_targets
 from tuners.base import TuneContext
@@ -25,6 +25,9 @@ from tuners.base import TuneContext
 ARTIFACT_TIMEOUT_S = 1800.0  # compilers rebuild from their tuning records; that can take a while on 2 cores
 EXIT_RECOMMENDED = 0
 EXIT_NO_SLO_MET = 3
+EXIT_NO_VALID_CANDIDATE = 4
+EXIT_CODES = {"recommended": EXIT_RECOMMENDED, "no_slo_met": EXIT_NO_SLO_MET,
+              "no_valid_candidate": EXIT_NO_VALID_CANDIDATE}
 
 log = logging.getLogger("advisor")
 
@@ -106,6 +109,7 @@ def _remote_targets(config: RecommendConfig) -> tuple[Target, ...]:
 def _recommend_in(run: RunFolder, info: ModelInfo, catalog, config: RecommendConfig, progress: Progress,
                   export: run_export.RunExport | None = None, remote: tuple[Target, ...] = ()) -> RunResult:
     started_at = now_iso()
+    deadline = Deadline.after(config.budget_s)
     progress.stage(f"{info.path.name}: {info.flops / 1e9:.3g} GFLOP, {info.params / 1e6:.3g} M parameters; "
                    f"run folder {run.path}")
     # devices the user named come first, so a tight --budget is spent on them before this machine
@@ -134,7 +138,7 @@ def _recommend_in(run: RunFolder, info: ModelInfo, catalog, config: RecommendCon
         ctx = artifact_context(chosen, targets, info, config, run)
         request = ArtifactRequest(chosen, ctx, config.slo, ranking.recommendation.to_dict())
         try:
-            artifact_path = build_artifact(request, run.path / "artifact", timeout_s=ARTIFACT_TIMEOUT_S,
+            artifact_path = build_artifact(request, run.path / "artifact", timeout_s=_artifact_timeout(config, deadline),
                                            log_path=run.workers_log)
         except RuntimeError as error:
             artifact_error = str(error)
@@ -143,10 +147,16 @@ def _recommend_in(run: RunFolder, info: ModelInfo, catalog, config: RecommendCon
                           ranking=ranking, artifact_path=artifact_path, artifact_error=artifact_error,
                           started_at=started_at, export=export.report_dict() if export else None)
     write_report(report, run.path, config.json_path)
-    exit_code = EXIT_RECOMMENDED if ranking.recommendation is not None else EXIT_NO_SLO_MET
+    exit_code = EXIT_CODES[report["status"]]
     return RunResult(report, exit_code, run.path)
 
 
+
+
+def _artifact_timeout(config: RecommendConfig, deadline: Deadline) -> float:
+    """What is left of --budget plus its 20 % tolerance (the tuning stopped at ARTIFACT_SHARE before the end), and
+    never less than a minute: an artifact cut short is no artifact."""
+    return min(ARTIFACT_TIMEOUT_S, max(60.0, deadline.remaining + 0.2 * config.budget_s))
 
 
 def artifact_trial(row: dict, trials: list[Trial]) -> Trial:

@@ -1,7 +1,14 @@
 """Ranking catalogue instances by cost per million inferences among those meeting the SLO.
 
 Every row is `measured` (the instance's hardware was measured: this machine or a cluster node of that type) or
-`estimated` (advisor.costmodel, anchored on the nearest measured hardware), always with an interval.
+`estimated` (advisor.costmodel, anchored on the nearest measured hardware), always with an interval, and always at
+the batch size it is sized at: its latency includes the wait to fill that batch. A GPU instance with no GPU
+measured gets no row at all: it is listed under `not_measured`, unpriced.
+
+The steps of `rank`: the candidate curves of each measured target (tuning.py's winner and baseline, measured
+under one protocol), each instance's best row (measured where its hardware was measured, else estimated), the
+recommendation (a measured row unless an estimate is cheaper even at the pessimistic end of its interval), then
+the order, the Pareto frontier and the closest miss.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from hwprofiles.catalog import Catalog, Instance
 from hwprofiles.targets import Target
 
 NEAR_TIE = 0.05  # rows within 5 % of the winner's cost are shown as ties
+NOT_MEASURED_GPU = "not measured: run on a GPU host or add a GPU node to --cluster"
 
 
 @dataclass(frozen=True)
@@ -46,9 +54,9 @@ class RankedRow:
     trial_id: str
     config: dict
     target: str
-    batch_size: int
+    batch_size: int  # the batch size the row is sized at: every figure below is at this size
     source: str  # measured | estimated
-    latency_ms: float
+    latency_ms: float  # the SLO percentile at batch_size, plus batching_wait_ms
     latency_ms_interval: tuple[float, float]
     slo_verdict: str
     slo_margin_ms: float
@@ -59,12 +67,24 @@ class RankedRow:
     memory_needed_gib: float | None
     throughput_per_s: float | None
     notes: tuple[str, ...] = ()
-    recommendable: bool = True  # False for figures too indirect to act on (a GPU estimated from CPU runs)
+    recommendable: bool = True  # False for figures one cannot act on (a CPU-specific build on another CPU)
     batch_basis: str = "measured"  # how batch_size's figures were obtained: measured | interpolated | extrapolated
+    batching_wait_ms: float = 0.0  # worst-case wait to fill the batch at the instance's arrival rate
+    processing_ms: float | None = None  # the SLO percentile of one call at batch_size, without the wait
+    cost_per_million_interval: tuple[float, float] | None = None  # at the ends of the latency interval
+    not_recommendable_reason: str | None = None
+    estimate_relation: str | None = None  # estimated rows: same | same_vendor | same_arch | other_arch | gpu_from_gpu
+    batch_fit: str | None = None  # the latency-vs-batch fit behind a fitted batch_size
+    verify_on_instance: bool = False  # a cheaper estimate not recommended: it is not cheaper at its pessimistic end
+    role: str | None = None  # winner | baseline of the target's head-to-head (None: no head-to-head ran)
+    solo_check_agrees: bool | None = None  # the solo figure agrees with the head-to-head one (None: not checked)
+    sufficient_samples: bool = True  # at least MIN_SAMPLES samples for the SLO percentile
 
     def to_dict(self) -> dict:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}
         data["latency_ms_interval"] = list(self.latency_ms_interval)
+        if self.cost_per_million_interval is not None:
+            data["cost_per_million_interval"] = list(self.cost_per_million_interval)
         data["notes"] = list(self.notes)
         return data
 
@@ -78,10 +98,11 @@ class Ranking:
     closest_miss: RankedRow | None
     costmodel: dict
     local_peaks: dict = field(default_factory=dict)
+    not_measured: tuple[dict, ...] = ()  # instances listed without latency or cost (a GPU with no GPU measured)
 
     def to_dict(self) -> dict:
         return {"rows": [r.to_dict() for r in self.rows], "excluded": list(self.excluded),
-                "pareto": list(self.pareto),
+                "not_measured": list(self.not_measured), "pareto": list(self.pareto),
                 "recommendation": self.recommendation.to_dict() if self.recommendation else None,
                 "closest_miss": self.closest_miss.to_dict() if self.closest_miss else None,
                 "costmodel": self.costmodel}
@@ -89,12 +110,13 @@ class Ranking:
 
 @dataclass
 class CandidateCurve:
-    """One backend configuration measured on one target, at one or more batch sizes."""
+    """One backend configuration measured on one target, at one or more batch sizes, under one protocol."""
 
     backend: str
     target: str
     config: dict
     by_batch: dict[int, Trial]
+    role: str | None = None  # winner | baseline (tuning.py's sweep)
 
     def threads(self) -> int:
         return int(self.config.get("intra_op_threads", 0) or 0)
@@ -108,18 +130,29 @@ class CandidateCurve:
 
 
 def _curves(trials: Sequence[Trial]) -> list[CandidateCurve]:
-    """Group ok trials by (backend, target, config); head-to-head measurements win over search ones."""
-    rank = {"confirm": 0, "sweep": 1, "search": 2}
+    """The curves the ranking may use. On a target whose winner and baseline were swept (tuning.py), only those
+    two, from their sweep trials alone: the head-to-head decided between candidates, the sweep measured them solo
+    at every batch size, and no curve mixes the two protocols. Elsewhere (no sweep ran: budget spent, an older
+    run) every configuration, each from one phase (sweep, else search); head-to-head figures never enter."""
+    ok = [t for t in trials if t.ok]
+    swept = {t.target for t in ok if t.phase == "sweep" and t.details.get("role")}
     curves: dict[str, CandidateCurve] = {}
-    for trial in sorted((t for t in trials if t.ok), key=lambda t: rank.get(t.phase, 3)):
-        key = json.dumps([trial.backend, trial.target, dict(trial.config)], sort_keys=True)
-        curve = curves.setdefault(key, CandidateCurve(trial.backend, trial.target, dict(trial.config), {}))
-        curve.by_batch.setdefault(trial.batch_size, trial)
+    for phase in ("sweep", "search"):
+        for trial in (t for t in ok if t.phase == phase):
+            if trial.target in swept and (phase != "sweep" or not trial.details.get("role")):
+                continue
+            key = json.dumps([trial.backend, trial.target, dict(trial.config)], sort_keys=True)
+            curve = curves.setdefault(key, CandidateCurve(trial.backend, trial.target, dict(trial.config), {},
+                                                          trial.details.get("role"), ))
+            if not curve.by_batch or next(iter(curve.by_batch.values())).phase == phase:
+                curve.by_batch.setdefault(trial.batch_size, trial)
     return list(curves.values())
 
 
 def instance_hardware(instance: Instance) -> Hardware:
-    cores = instance.gpu.count if instance.gpu else instance.cpu.physical_cores
+    """An instance's figures; a CPU instance counts its vCPUs as cores, as a VM shows them to the measured
+    machine's OS (target_hardware does the same), so SMT instances are counted alike on both sides."""
+    cores = instance.gpu.count if instance.gpu else instance.vcpus
     return Hardware(instance.peak.fp32_gflops, instance.peak.bandwidth_gbs, cores,
                     family_of(instance.cpu.vendor, gpu=instance.gpu is not None),
                     instance.gpu.model if instance.gpu else instance.cpu.microarchitecture)
@@ -137,18 +170,17 @@ def matches(instance: Instance, target: Target) -> bool:
 
 
 def target_hardware(target: Target, catalog: Catalog) -> tuple[Hardware, str]:
-    """The measured machine's figures: a matching catalogue entry's per-core figures times the cores this machine
-    shows (a VM may show its vCPUs as cores where the instance type counts SMT siblings), else derived from its ISA.
-    """
+    """The measured machine's figures: a matching catalogue entry's per-vCPU figures times the logical CPUs this
+    machine shows, else derived from its ISA."""
     match = next((i for i in catalog.instances if matches(i, target)), None)
     if match is not None:
         listed = instance_hardware(match)
-        if target.kind == "cuda" or target.cpu.physical_cores == listed.cores:
+        if target.kind == "cuda" or target.cpu.logical_cores == listed.cores:
             return listed, f"catalogue entry {match.name}"
-        cores = target.cpu.physical_cores
+        cores = target.cpu.logical_cores
         return (Hardware(listed.peak_gflops / listed.cores * cores, listed.bandwidth_gbs / listed.cores * cores,
                          cores, listed.family, listed.microarchitecture),
-                f"catalogue entry {match.name}, per-core figures x {cores} cores")
+                f"catalogue entry {match.name}, per-vCPU figures x {cores} logical CPUs")
     if target.kind == "cuda":
         return Hardware(10_000.0, 500.0, 1, "gpu", target.gpu.name if target.gpu else "gpu"), "assumed GPU figures"
     cpu = target.cpu
@@ -181,7 +213,9 @@ class _Estimator:
         for target, hardware in measured:
             by_backend: dict[str, list[Observation]] = {}
             for trial in inputs.trials:
-                if trial.ok and trial.target == target.id and trial.config.get("precision", "fp32") == "fp32":
+                # solo measurements only (search and sweep): a head-to-head's figures are for deciding, not fitting
+                if (trial.ok and trial.target == target.id and trial.phase != "confirm"
+                        and trial.config.get("precision", "fp32") == "fp32"):
                     threads = int(trial.config.get("intra_op_threads", 0) or 0)
                     profile = trial.details.get("op_class_ms") or None
                     by_backend.setdefault(trial.backend, []).append(
@@ -230,50 +264,122 @@ class _Estimator:
         return {backend: m.to_dict() for (t, backend), m in self.models.items() if t == target_id}
 
 
-def _row(inputs: RankingInputs, name: str, provider: str, region: str, price: float | None, curve: CandidateCurve,
-         figures: dict[int, BatchPoint], source: str, notes: tuple[str, ...], memory_gib: float | None,
-         fit: BatchCurve | None = None) -> RankedRow:
-    slo = inputs.slo
+# --- one row: an instance served by one candidate at the batch size that serves it cheapest --------------------
+
+def _arrival_rate(inputs: RankingInputs, throughput: float) -> float:
+    """Requests per second one instance receives: with --qps, the load spread over the instances it needs; without,
+    a fleet sized at --utilisation (each instance then sees utilisation x its throughput)."""
+    if inputs.qps:
+        return inputs.qps / instances_needed(inputs.qps, throughput, inputs.utilisation)
+    return inputs.utilisation * throughput
+
+
+@dataclass(frozen=True)
+class _Served:
+    """A batch size's figures as the row reports them: the call's latency plus the wait to fill the batch."""
+
+    point: BatchPoint
+    wait_ms: float
+    throughput: float
+
+    @property
+    def latency_ms(self) -> float:
+        return self.point.latency_ms + self.wait_ms
+
+    @property
+    def interval_ms(self) -> tuple[float, float]:
+        return self.point.interval_ms[0] + self.wait_ms, self.point.interval_ms[1] + self.wait_ms
+
+
+def _served(inputs: RankingInputs, point: BatchPoint) -> _Served:
+    throughput = throughput_per_s(point.batch_size, point.mean_ms)
+    return _Served(point, batching_window_ms(point.batch_size, _arrival_rate(inputs, throughput)), throughput)
+
+
+def _serving_batch(inputs: RankingInputs, figures: dict[int, BatchPoint]) -> _Served:
+    """The largest-throughput batch whose whole interval, wait included, meets the SLO; else the SLO's batch."""
     slo_batch = inputs.batch_size or 1
-    judged = figures[slo_batch]
-    verdict = judge(slo, judged.latency_ms, judged.interval_ms)
-    # the cheapest way to serve: the largest batch whose latency (plus the wait to fill it) still meets the SLO
-    best, best_throughput = judged, throughput_per_s(slo_batch, judged.mean_ms)
-    for batch, figure in sorted(figures.items()):
+    best = _served(inputs, figures[slo_batch])
+    for batch, point in sorted(figures.items()):
         if inputs.batch_size is not None and batch != inputs.batch_size:
             continue
-        if figure.interval_ms[1] + batching_window_ms(batch, inputs.qps) <= slo.latency_ms:
-            throughput = throughput_per_s(batch, figure.mean_ms)
-            if throughput > best_throughput:
-                best, best_throughput = figure, throughput
-    best_batch = best.batch_size
-    if best.basis != "measured" and fit is not None:
+        served = _served(inputs, point)
+        if served.interval_ms[1] <= inputs.slo.latency_ms and (
+                served.throughput > best.throughput or best.interval_ms[1] > inputs.slo.latency_ms):
+            best = served
+    return best
+
+
+@dataclass(frozen=True)
+class _RowFacts:
+    """Where a row's figures come from, besides the curve."""
+
+    name: str
+    provider: str
+    region: str
+    price: float | None
+    source: str  # measured | estimated
+    notes: tuple[str, ...] = ()
+    relation: str | None = None
+    not_recommendable: str | None = None
+
+
+def _row(inputs: RankingInputs, facts: _RowFacts, curve: CandidateCurve, figures: dict[int, BatchPoint],
+         memory_gib: float | None, fit: BatchCurve | None = None) -> RankedRow:
+    slo = inputs.slo
+    served = _serving_batch(inputs, figures)
+    point = served.point
+    verdict = judge(slo, served.latency_ms, served.interval_ms)
+    batch_fit = None
+    notes = facts.notes
+    if point.basis != "measured" and fit is not None:
         beyond = (f" (cap {fit.max_batch_size}: {EXTRAPOLATION_CAP}x the largest measured)"
-                  if best.basis == "extrapolated" else "")
-        notes = (*notes, f"batch {best_batch} {best.basis}{beyond}: {fit.describe()}")
-        memory_gib = _memory(inputs, curve, best_batch)
-    cost = cost_per_million(price, best_throughput) if price else None
-    needed = instances_needed(inputs.qps, best_throughput, inputs.utilisation) if inputs.qps else None
+                  if point.basis == "extrapolated" else "")
+        batch_fit = fit.describe() + beyond
+        notes = (*notes, f"batch {point.batch_size} {point.basis}: {batch_fit}")
+        memory_gib = _memory(inputs, curve, point.batch_size)
+    price = facts.price
+    cost = cost_per_million(price, served.throughput) if price else None
+    cost_interval = None
+    if cost is not None:
+        # cost scales with the time per call: at the ends of the call's latency interval
+        cost_interval = (cost * point.interval_ms[0] / point.latency_ms, cost * point.interval_ms[1] / point.latency_ms)
+    needed = instances_needed(inputs.qps, served.throughput, inputs.utilisation) if inputs.qps else None
     monthly = monthly_cost(needed, price) if needed and price else None
-    trial = curve.by_batch[slo_batch]
-    if source == "estimated" and verdict.verdict != "misses" and judged.interval_ms[1] > slo.latency_ms:
+    trial = curve.by_batch.get(point.batch_size) or curve.by_batch[inputs.batch_size or 1]
+    if facts.source == "estimated" and verdict.verdict != "misses" and served.interval_ms[1] > slo.latency_ms:
         notes = (*notes, "verify on the instance: the estimate's interval crosses the SLO")
+    solo = trial.details.get("solo_check") or {}
     return RankedRow(
-        instance=name, provider=provider, region=region, price_per_hour=price, backend=curve.backend,
-        trial_id=trial.id, config=dict(curve.config), target=curve.target, batch_size=best_batch, source=source,
-        latency_ms=judged.latency_ms, latency_ms_interval=judged.interval_ms, slo_verdict=verdict.verdict,
-        slo_margin_ms=verdict.margin_ms, meets_slo=verdict.meets, cost_per_million=cost, instances_needed=needed,
-        monthly_cost=monthly, memory_needed_gib=memory_gib, throughput_per_s=best_throughput, notes=notes,
-        batch_basis=best.basis)
+        instance=facts.name, provider=facts.provider, region=facts.region, price_per_hour=price,
+        backend=curve.backend, trial_id=trial.id, config=dict(curve.config), target=curve.target,
+        batch_size=point.batch_size, source=facts.source, latency_ms=served.latency_ms,
+        latency_ms_interval=served.interval_ms, slo_verdict=verdict.verdict, slo_margin_ms=verdict.margin_ms,
+        meets_slo=verdict.meets, cost_per_million=cost, instances_needed=needed, monthly_cost=monthly,
+        memory_needed_gib=memory_gib, throughput_per_s=served.throughput, notes=notes,
+        recommendable=facts.not_recommendable is None, batch_basis=point.basis, batching_wait_ms=served.wait_ms,
+        processing_ms=point.latency_ms, cost_per_million_interval=cost_interval,
+        not_recommendable_reason=facts.not_recommendable, estimate_relation=facts.relation, batch_fit=batch_fit,
+        role=curve.role, solo_check_agrees=solo.get("agrees"),
+        sufficient_samples=trial.latency.sufficient(slo.percentile))
+
+
+def _key(row: RankedRow) -> tuple:
+    """Recommendable first, then meeting the SLO, then cheaper, then faster."""
+    return (not row.recommendable, not row.meets_slo,
+            row.cost_per_million if row.cost_per_million is not None else float("inf"), row.latency_ms)
 
 
 def _better(a: RankedRow, b: RankedRow | None) -> bool:
-    """Recommendable first, then meeting the SLO, then cheaper, then faster."""
+    """For one instance: the better of two candidates' rows. Within a near-tie on cost the head-to-head's winner
+    is kept (it was faster beyond noise; a cost difference that small is not)."""
     if b is None:
         return True
-    key = lambda r: (not r.recommendable, not r.meets_slo,  # noqa: E731
-                     r.cost_per_million if r.cost_per_million is not None else float("inf"), r.latency_ms)
-    return key(a) < key(b)
+    if (a.recommendable, a.meets_slo) == (b.recommendable, b.meets_slo) and a.cost_per_million and \
+            b.cost_per_million and abs(a.cost_per_million - b.cost_per_million) <= NEAR_TIE * b.cost_per_million \
+            and {a.role, b.role} == {"winner", "baseline"}:
+        return a.role == "winner"
+    return _key(a) < _key(b)
 
 
 # Backends whose deployable form is machine code for the CPU it was tuned on (TVM: -mcpu): their artifact does
@@ -281,10 +387,10 @@ def _better(a: RankedRow, b: RankedRow | None) -> bool:
 CPU_SPECIFIC_BACKENDS = ("tvm",)
 
 
-def _portability_note(curve_backend: str, kind: str) -> str | None:
-    if curve_backend in CPU_SPECIFIC_BACKENDS and kind not in ("same", "gpu_from_gpu", "gpu_from_cpu"):
-        return (f"not recommendable: the {curve_backend} build is compiled and tuned for the measured CPU; run "
-                "advisor on this instance or a --cluster node of this type to tune and package it there")
+def _portability(curve_backend: str, kind: str) -> str | None:
+    if curve_backend in CPU_SPECIFIC_BACKENDS and kind not in ("same", "gpu_from_gpu"):
+        return (f"the {curve_backend} build is compiled and tuned for the measured CPU; run advisor on this "
+                "instance or a --cluster node of this type to tune and package it there")
     return None
 
 
@@ -304,8 +410,10 @@ def _fits(instance: Instance, needed_gib: float) -> str | None:
     return None
 
 
-def _pareto(rows: list[RankedRow]) -> tuple[str, ...]:
-    priced = sorted((r for r in rows if r.price_per_hour is not None), key=lambda r: (r.price_per_hour, r.latency_ms))
+def _pareto(rows: Sequence[RankedRow]) -> tuple[str, ...]:
+    """Price against latency, among rows one can act on."""
+    priced = sorted((r for r in rows if r.price_per_hour is not None and r.recommendable),
+                    key=lambda r: (r.price_per_hour, r.latency_ms))
     frontier, best_latency = [], float("inf")
     for row in priced:
         if row.latency_ms < best_latency:
@@ -314,125 +422,171 @@ def _pareto(rows: list[RankedRow]) -> tuple[str, ...]:
     return tuple(frontier)
 
 
-def rank(inputs: RankingInputs) -> Ranking:
-    curves = _curves(inputs.trials)
+@dataclass
+class _Context:
+    """What every instance's rows are computed from."""
+
+    inputs: RankingInputs
+    curves: list[CandidateCurve]
+    measured_targets: list[Target]
+    hardware: dict[str, tuple[Hardware, str]]
+    estimator: _Estimator
+    batch_fits: dict[int, BatchCurve | None]
+
+
+def _context(inputs: RankingInputs) -> _Context:
+    from tuners.registry import accepts_any_batch  # here: a malformed ADVISOR_TUNERS must not break the import
+
     slo_batch = inputs.batch_size or 1
-    curves = [c for c in curves if slo_batch in c.by_batch]
+    curves = [c for c in _curves(inputs.trials) if slo_batch in c.by_batch]
     measured_targets = [t for t in inputs.targets if any(c.target == t.id for c in curves)]
     hardware = {t.id: target_hardware(t, inputs.catalog) for t in measured_targets}
     estimator = _Estimator(inputs, [(t, hardware[t.id][0]) for t in measured_targets])
-    from tuners.registry import accepts_any_batch  # here: a malformed ADVISOR_TUNERS must not break the import
-
     # a build compiled for one shape (TVM, TensorRT) serves only the batch sizes it was built and measured at
     batch_fits = {id(c): c.batch_curve(inputs.slo.percentile) if accepts_any_batch(c.backend) else None
                   for c in curves}
-    rows: list[RankedRow] = []
-    excluded: list[dict] = []
-    attached: set[str] = set()
-    for instance in inputs.catalog.instances:
-        matched = [t for t in measured_targets if matches(instance, t)]
-        best: RankedRow | None = None
-        memory_reason = None
-        if matched:
-            attached.update(t.id for t in matched)
-            pool = [c for c in curves if c.target in {t.id for t in matched}]
-            source = "measured"
-        else:
-            reference = estimator.reference_for(instance)
-            pool = [c for c in curves if reference and c.target == reference[0].id]
-            source = "estimated"
-        for curve in pool:
-            kind = "measured"
-            memory = _memory(inputs, curve)
-            memory_reason = _fits(instance, memory)
-            if memory_reason:
-                continue
-            notes: tuple[str, ...] = ()
-            fit = batch_fits[id(curve)]
-            figures = _with_fitted(curve.points(inputs.slo.percentile), fit, inputs,
-                                   lambda b: _fits(instance, _memory(inputs, curve, b)) is None)
-            if source == "estimated":
-                # the fitted points move to the instance with the same transfer as the measured ones
-                ref_hw, trial = hardware[curve.target][0], next(iter(curve.by_batch.values()))
-                moved = {b: estimator.figure(point, trial, ref_hw, instance) for b, point in figures.items()}
-                figures = {b: point for b, (point, _) in moved.items()}
-                kind = moved[slo_batch][1]
-                notes = (f"estimated from {curve.target} measurements ({kind.replace('_', ' ')})",)
-                if kind == "gpu_from_cpu":
-                    notes = (*notes, "not recommendable: no GPU was measured; run advisor on a GPU host or a "
-                                     "--cluster node of this type")
-            portability = _portability_note(curve.backend, kind) if source == "estimated" else None
-            if portability:
-                notes = (*notes, portability)
-            row = _row(inputs, instance.name, instance.provider, instance.region, instance.price_per_hour, curve,
-                       figures, source, notes, memory, fit)
-            if source == "estimated" and (kind == "gpu_from_cpu" or portability):
-                row = replace(row, recommendable=False)
-            if _better(row, best):
-                best = row
-        if best is not None:
-            rows.append(best)
-        elif memory_reason:
-            excluded.append({"instance": instance.name, "reason": memory_reason})
-        else:
-            excluded.append({"instance": instance.name, "reason": "no measurement to base an estimate on"})
-    for target in measured_targets:
+    return _Context(inputs, curves, measured_targets, hardware, estimator, batch_fits)
+
+
+def _instance_row(ctx: _Context, instance: Instance) -> tuple[RankedRow | None, dict | None, dict | None]:
+    """The instance's best row, or why it has none: (row, excluded entry, not-measured entry)."""
+    inputs = ctx.inputs
+    matched = [t for t in ctx.measured_targets if matches(instance, t)]
+    if matched:
+        pool = [c for c in ctx.curves if c.target in {t.id for t in matched}]
+        source = "measured"
+    else:
+        reference = ctx.estimator.reference_for(instance)
+        if reference is not None and instance.gpu is not None and reference[0].kind != "cuda":
+            # a GPU figure from CPU runs would be invented: listed, not priced, not ranked
+            return None, None, {"instance": instance.name, "provider": instance.provider,
+                                "price_per_hour": instance.price_per_hour, "reason": NOT_MEASURED_GPU}
+        pool = [c for c in ctx.curves if reference and c.target == reference[0].id]
+        source = "estimated"
+    best: RankedRow | None = None
+    memory_reason = None
+    for curve in pool:
+        memory = _memory(inputs, curve)
+        memory_reason = _fits(instance, memory)
+        if memory_reason:
+            continue
+        fit = ctx.batch_fits[id(curve)]
+        figures = _with_fitted(curve.points(inputs.slo.percentile), fit, inputs,
+                               lambda b: _fits(instance, _memory(inputs, curve, b)) is None)
+        facts = _RowFacts(instance.name, instance.provider, instance.region, instance.price_per_hour, source)
+        if source == "estimated":
+            # the fitted points move to the instance with the same transfer as the measured ones
+            ref_hw, trial = ctx.hardware[curve.target][0], next(iter(curve.by_batch.values()))
+            moved = {b: ctx.estimator.figure(point, trial, ref_hw, instance) for b, point in figures.items()}
+            figures = {b: point for b, (point, _) in moved.items()}
+            kind = moved[inputs.batch_size or 1][1]
+            facts = replace(facts, relation=kind, notes=(f"estimated from {curve.target} measurements "
+                                                         f"({kind.replace('_', ' ')})",),
+                            not_recommendable=_portability(curve.backend, kind))
+        row = _row(inputs, facts, curve, figures, memory, fit)
+        if _better(row, best):
+            best = row
+    if best is not None:
+        return best, None, None
+    return None, {"instance": instance.name,
+                  "reason": memory_reason or "no measurement to base an estimate on"}, None
+
+
+def _local_rows(ctx: _Context, attached: set[str]) -> list[RankedRow]:
+    """A measured machine that matches no catalogue entry is still a measured row, priced only with --local-price."""
+    inputs = ctx.inputs
+    rows = []
+    for target in ctx.measured_targets:
         if target.id in attached or target.instance is not None:
             continue
-        # this machine matches no catalogue entry: it is still a measured row, priced only with --local-price
         best = None
-        for curve in (c for c in curves if c.target == target.id):
-            capacity = target.gpu.memory_gib if target.gpu is not None and target.kind == "cuda" else \
-                target.cpu.memory_gib
-            figures = _with_fitted(curve.points(inputs.slo.percentile), batch_fits[id(curve)], inputs,
+        capacity = target.gpu.memory_gib if target.gpu is not None and target.kind == "cuda" else \
+            target.cpu.memory_gib
+        note = ("this machine; pass --local-price to price it",) if inputs.local_price_per_hour is None else \
+            ("this machine",)
+        facts = _RowFacts(f"local ({target.label})", "local", "-", inputs.local_price_per_hour, "measured", note)
+        for curve in (c for c in ctx.curves if c.target == target.id):
+            fit = ctx.batch_fits[id(curve)]
+            figures = _with_fitted(curve.points(inputs.slo.percentile), fit, inputs,
                                    lambda b: not capacity or _memory(inputs, curve, b) <= capacity)
-            row = _row(inputs, f"local ({target.label})", "local", "-", inputs.local_price_per_hour, curve, figures,
-                       "measured", ("this machine; pass --local-price to price it",) if
-                       inputs.local_price_per_hour is None else ("this machine",), _memory(inputs, curve),
-                       batch_fits[id(curve)])
+            row = _row(inputs, facts, curve, figures, _memory(inputs, curve), fit)
             if _better(row, best):
                 best = row
         if best is not None:
             rows.append(best)
-    rows.sort(key=lambda r: (not r.meets_slo, r.cost_per_million if r.cost_per_million is not None else float("inf"),
-                             r.latency_ms))
-    recommendation = next((r for r in rows if r.meets_slo and r.recommendable and r.cost_per_million is not None),
-                          None)
-    if recommendation is not None and recommendation.source == "estimated":
-        # within a near-tie, a measured figure beats an estimate: prefer what was actually seen to run
-        measured = next((r for r in rows if r.meets_slo and r.source == "measured" and r.cost_per_million is not None
-                         and r.cost_per_million <= recommendation.cost_per_million * (1 + NEAR_TIE)), None)
-        if measured is not None:
-            rows.remove(measured)
-            rows.insert(0, measured)
-            recommendation = measured
-    if recommendation is not None:
-        tied = [r.instance for r in rows if r is not recommendation and r.meets_slo and r.recommendable
-                and r.cost_per_million is not None
-                and r.cost_per_million <= recommendation.cost_per_million * (1 + NEAR_TIE)]
-        if tied:
-            noted = _with_note(recommendation, f"near-tie with {', '.join(tied)}")
-            rows = [noted if r is recommendation else
-                    _with_note(r, f"near-tie with {recommendation.instance} (within {NEAR_TIE:.0%} on cost)")
-                    if r.instance in tied else r for r in rows]
-            recommendation = noted
-    # how close the best came, among rows one could act on: a GPU figure estimated from CPU runs is no near-miss
+    return rows
+
+
+def _recommend(rows: list[RankedRow]) -> tuple[RankedRow | None, list[RankedRow]]:
+    """The recommendation and the rows (updated): the cheapest measured row meeting the SLO, unless an estimate is
+    cheaper even at the pessimistic end of its cost interval; cheaper estimates that are not are flagged
+    `verify_on_instance`. Near-ties on cost are noted."""
+    usable = [r for r in rows if r.meets_slo and r.recommendable and r.cost_per_million is not None]
+    measured = min((r for r in usable if r.source == "measured"), key=_key, default=None)
+    estimated = min((r for r in usable if r.source == "estimated"), key=_key, default=None)
+    recommendation = measured or estimated
+    if measured is not None and estimated is not None:
+        pessimistic = (estimated.cost_per_million_interval or (estimated.cost_per_million,) * 2)[1]
+        if pessimistic < measured.cost_per_million:
+            recommendation = estimated
+    if recommendation is None:
+        return None, rows
+    updated = []
+    for row in rows:
+        if row is not recommendation and row.source == "estimated" and row in usable and \
+                row.cost_per_million < recommendation.cost_per_million:
+            row = replace(row, verify_on_instance=True,
+                          notes=(*row.notes, "verify on this instance type: cheaper by the estimate, but not at the "
+                                             "pessimistic end of its interval"))
+        updated.append(row)
+    tied = [r.instance for r in updated if r.instance != recommendation.instance and r.meets_slo and r.recommendable
+            and r.cost_per_million is not None
+            and r.cost_per_million <= recommendation.cost_per_million * (1 + NEAR_TIE)]
+    rows = []
+    for row in updated:
+        if row.instance == recommendation.instance:
+            row = recommendation = _with_note(row, f"near-tie with {', '.join(tied)}") if tied else row
+        elif row.instance in tied:
+            row = _with_note(row, f"near-tie with {recommendation.instance} (within {NEAR_TIE:.0%} on cost)")
+        rows.append(row)
+    return recommendation, rows
+
+
+def _costmodel_summary(ctx: _Context) -> dict:
+    return {"targets": {tid: {"figures": hw[1], "peak_gflops": hw[0].peak_gflops,
+                              "bandwidth_gbs": hw[0].bandwidth_gbs, "cores": hw[0].cores,
+                              "fit": max(ctx.estimator.fits_of(tid).values(), key=lambda f: f["observations"],
+                                         default=None),
+                              "fits": ctx.estimator.fits_of(tid)}
+                        for tid, hw in ctx.hardware.items()},
+            "cross_hardware_factors": dict(CROSS_HARDWARE_FACTOR),
+            "batch_fits": [{"backend": c.backend, "target": c.target, "config": dict(c.config),
+                            "percentile": ctx.inputs.slo.percentile, **ctx.batch_fits[id(c)].to_dict()}
+                           for c in ctx.curves if ctx.batch_fits[id(c)] is not None]}
+
+
+def rank(inputs: RankingInputs) -> Ranking:
+    ctx = _context(inputs)
+    rows: list[RankedRow] = []
+    excluded: list[dict] = []
+    not_measured: list[dict] = []
+    for instance in inputs.catalog.instances:
+        row, excluded_entry, unmeasured = _instance_row(ctx, instance)
+        rows += [row] if row else []
+        excluded += [excluded_entry] if excluded_entry else []
+        not_measured += [unmeasured] if unmeasured else []
+    attached = {t.id for t in ctx.measured_targets for i in inputs.catalog.instances if matches(i, t)}
+    rows += _local_rows(ctx, attached)
+    recommendation, rows = _recommend(rows)
+    rows.sort(key=lambda r: (r is not recommendation, *_key(r)))
+    # how close the best came, among rows one could act on
     actionable = [r for r in rows if r.recommendable] or rows
     closest = None if recommendation else min(actionable, key=lambda r: r.latency_ms / inputs.slo.latency_ms,
                                               default=None)
-    costmodel = {"targets": {tid: {"figures": hw[1], "peak_gflops": hw[0].peak_gflops,
-                                   "bandwidth_gbs": hw[0].bandwidth_gbs, "cores": hw[0].cores,
-                                   "fit": max(estimator.fits_of(tid).values(), key=lambda f: f["observations"],
-                                              default=None),
-                                   "fits": estimator.fits_of(tid)}
-                             for tid, hw in hardware.items()},
-                 "cross_hardware_factors": dict(CROSS_HARDWARE_FACTOR),
-                 "batch_fits": [{"backend": c.backend, "target": c.target, "config": dict(c.config),
-                                 "percentile": inputs.slo.percentile, **batch_fits[id(c)].to_dict()}
-                                for c in curves if batch_fits[id(c)] is not None]}
-    local = next((hardware[t.id][0] for t in measured_targets if t.id == "cpu"), None)
+    local = next((ctx.hardware[t.id][0] for t in ctx.measured_targets if t.id == "cpu"), None)
     local_peaks = {"peak_gflops": local.peak_gflops, "peak_bandwidth_gbs": local.bandwidth_gbs} if local else {}
-    return Ranking(tuple(rows), tuple(excluded), _pareto(rows), recommendation, closest, costmodel, local_peaks)
+    return Ranking(tuple(rows), tuple(excluded), _pareto(rows), recommendation, closest, _costmodel_summary(ctx),
+                   local_peaks, tuple(not_measured))
 
 
 def _with_note(row: RankedRow, note: str) -> RankedRow:

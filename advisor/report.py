@@ -38,19 +38,36 @@ def _op_class_ms(trials: list[Trial]) -> dict | None:
     return None
 
 
+BYTES_BASIS = ("every byte the operators read and write, cache hits included: not DRAM traffic, so it can exceed "
+               "the memory bandwidth peak")
+
+
 def _roofline(info: ModelInfo, trials: list[Trial], targets: tuple[Target, ...], ranking) -> dict | None:
-    """Achieved compute and bandwidth of the fastest local CPU trial at batch 1, against the machine's peaks."""
-    cpu_trials = [t for t in trials if t.ok and t.target == "cpu" and t.batch_size == 1]
+    """Achieved compute and bandwidth of the recommended trial when it ran on this machine's CPU at batch 1 (else
+    the fastest solo local CPU trial there), against the machine's peaks."""
+    cpu_trials = [t for t in trials if t.ok and t.target == "cpu" and t.batch_size == 1 and t.phase != "confirm"]
     if not cpu_trials:
         return None
-    best = min(cpu_trials, key=lambda t: t.latency.p50)
+    chosen = ranking.recommendation
+    same = [t for t in cpu_trials if chosen is not None and t.backend == chosen.backend
+            and dict(t.config) == chosen.config]
+    best = min(same or cpu_trials, key=lambda t: (t.phase != "sweep", t.latency.p50))
     seconds = best.latency.p50 / 1000.0
     peaks = ranking.local_peaks
     return {"machine": targets[0].label, "trial_id": best.id,
             "achieved_gflops": info.flops / seconds / 1e9 if seconds > 0 else None,
             "achieved_bandwidth_gbs": info.bytes_moved / seconds / 1e9 if seconds > 0 else None,
+            "bytes_basis": BYTES_BASIS,
             "arithmetic_intensity": info.flops / info.bytes_moved if info.bytes_moved else None,
             "peak_gflops": peaks.get("peak_gflops"), "peak_bandwidth_gbs": peaks.get("peak_bandwidth_gbs")}
+
+
+def run_status(recommendation: dict | None, trials: list[Trial]) -> str:
+    """recommended | no_slo_met (candidates were measured, none meets) | no_valid_candidate (none could be measured:
+    every one failed to build, crashed, timed out or failed its numerical check)."""
+    if recommendation is not None:
+        return "recommended"
+    return "no_slo_met" if any(t.ok for t in trials) else "no_valid_candidate"
 
 
 def build_report(*, info: ModelInfo, config: RecommendConfig, targets: tuple[Target, ...], statuses: list,
@@ -76,7 +93,7 @@ def build_report(*, info: ModelInfo, config: RecommendConfig, targets: tuple[Tar
     return {
         "schema": SCHEMA,
         "advisor_version": advisor.__version__,
-        "status": "recommended" if recommendation else "no_slo_met",
+        "status": run_status(recommendation, trials),
         "model": model,
         "slo": config.slo.to_dict(),
         "settings": config.settings_dict(),
@@ -85,6 +102,7 @@ def build_report(*, info: ModelInfo, config: RecommendConfig, targets: tuple[Tar
         "trials": [t.to_dict() for t in trials],
         "ranking": ranking_dict.get("rows", []),
         "excluded": ranking_dict.get("excluded", []),
+        "not_measured": ranking_dict.get("not_measured", []),
         "pareto": ranking_dict.get("pareto", []),
         "recommendation": recommendation,
         "closest_miss": ranking.closest_miss.to_dict() if ranking.closest_miss else None,

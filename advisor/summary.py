@@ -24,7 +24,9 @@ def print_summary(report: dict, run_dir: Path, console: Console | None = None) -
     for column in ("#", "instance", "backend", "source", f"{slo['percentile']} ms", "interval", "SLO", "$/h",
                    "$/M inf"):
         table.add_column(column, justify="right" if column in ("#", "$/h", "$/M inf") else "left")
-    for index, row in enumerate(report["ranking"][:TOP_ROWS], start=1):
+    from reports.markdown import summary_rows
+
+    for index, row in enumerate(summary_rows(report["ranking"], report.get("recommendation"), TOP_ROWS), start=1):
         low, high = row["latency_ms_interval"]
         table.add_row(str(index), row["instance"], row["backend"], row["source"], f"{row['latency_ms']:.3f}",
                       f"{low:.3f}-{high:.3f}", row.get("slo_verdict", "meets" if row["meets_slo"] else "misses"),
@@ -37,6 +39,9 @@ def print_summary(report: dict, run_dir: Path, console: Console | None = None) -
                       f"{_money(recommendation.get('cost_per_million'))} per million inferences)")
         if recommendation.get("artifact"):
             console.print(f"Artifact: {recommendation['artifact']}")
+    elif report.get("status") == "no_valid_candidate":
+        console.print("No candidate could be measured: every one failed to build, crashed, timed out or failed its "
+                      "numerical check (see the report's trials)")
     else:
         miss = report.get("closest_miss")
         detail = (f"; closest: {miss['instance']} at {miss['latency_ms']:.3f} ms "

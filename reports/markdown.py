@@ -39,6 +39,13 @@ def _row_dict(value) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
+def summary_rows(rows: list[dict], recommendation: dict | None, top: int = TOP_ROWS) -> list[dict]:
+    """The first `top` rows, plus the recommended row and every measured row wherever they rank."""
+    keep = [r for index, r in enumerate(rows) if index < top or r.get("source") == "measured"
+            or (recommendation is not None and r.get("instance") == recommendation.get("instance"))]
+    return keep
+
+
 def render_markdown(report: dict) -> str:
     """A few lines for a pull-request comment, rendered from the report dict alone."""
     slo = report.get("slo") if isinstance(report.get("slo"), dict) else {}
@@ -71,6 +78,11 @@ def render_markdown(report: dict) -> str:
         if basis:
             lines.append(f"Not measured: {md(basis['note'])}. Measure batch {md(basis['batch'])} before deploying "
                          "at it.")
+    elif report.get("status") == "no_valid_candidate":
+        lines.append("### advisor: no candidate could be measured")
+        lines.append("")
+        lines.append("**Every candidate failed to build, crashed, timed out or failed its numerical check**: there "
+                     "is no latency to judge against the SLO. The reasons are listed below.")
     else:
         lines.append(f"### advisor: no instance meets the SLO ({md(slo_text)})")
         lines.append("")
@@ -83,7 +95,7 @@ def render_markdown(report: dict) -> str:
                          f"({fmt.ms(miss['latency_ms'] - slo['latency_ms'])} ms too slow).")
         else:
             lines.append("**No instance meets the SLO.**")
-    rows = [r for r in report.get("ranking") or [] if isinstance(r, dict)][:TOP_ROWS]
+    rows = summary_rows([r for r in report.get("ranking") or [] if isinstance(r, dict)], rec)
     if rows:
         lines += ["", f"| # | instance | backend | source | {percentile} ms | 95% interval | SLO | $/h | batch | "
                       "$/M inferences" + (" | $/month |" if fmt.is_number(qps) else " |"),

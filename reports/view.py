@@ -41,19 +41,17 @@ FITTED_BASES = ("interpolated", "extrapolated")
 
 
 def batch_basis(row: dict) -> dict | None:
-    """For a row sized at a fitted batch (`batch_basis` interpolated or extrapolated): the basis and the ranking's
-    note on the fit (a generic line when the note is missing). None for a measured batch or an older report."""
+    """For a row sized at a fitted batch (`batch_basis` interpolated or extrapolated): the basis and the fit
+    (`batch_fit`). None for a measured batch or an older report."""
     basis = row.get("batch_basis")
     if basis not in FITTED_BASES:
         return None
     batch = row.get("batch_size")
     prefix = f"batch {batch} {basis}"
-    notes = row.get("notes") if isinstance(row.get("notes"), (list, tuple)) else []
-    note = next((str(n) for n in notes if str(n).startswith(prefix)), None)
-    # the note ends with the line itself ("...: latency 2 + 1 ms x batch, fitted on batches 1, 2, 4, 8 (R² 1.000)")
-    fit = note.rsplit(": ", 1)[1] if note and ": " in note else None
+    fit = row.get("batch_fit")
     return {"basis": basis, "batch": batch, "fit": fit,
-            "note": note or f"{prefix} from the candidate's latency-vs-batch fit: never measured at this size"}
+            "note": f"{prefix}: {fit}" if fit else
+            f"{prefix} from the candidate's latency-vs-batch fit: never measured at this size"}
 
 
 @dataclass(frozen=True)
@@ -191,7 +189,8 @@ def ranking(report: dict, ctx: Context) -> dict:
     counts = Counter(r["verdict"] for r in view)
     sources = Counter(str(r.get("source")) for r in view)
     excluded: dict[str, list[str]] = {}
-    for entry in _list(report.get("excluded")):
+    # instances with no figure of their own: a GPU with no GPU measured is listed unpriced, never estimated from CPUs
+    for entry in _list(report.get("excluded")) + _list(report.get("not_measured")):
         excluded.setdefault(str(entry.get("reason") or "no reason given"), []).append(str(entry.get("instance")))
     return {"rows": view, "plot": plot, "counts": counts, "sources": sources,
             "excluded": sorted(excluded.items(), key=lambda kv: -len(kv[1])),

@@ -51,7 +51,7 @@ def test_matching():
     assert {i.name for i in catalog.instances if matches(i, node)} == {"c7i.large"}
 
 
-def _trial(target: str, batch: int, center_ms: float, threads: int = 0, phase: str = "confirm",
+def _trial(target: str, batch: int, center_ms: float, threads: int = 0, phase: str = "sweep",
            config_extra: dict | None = None) -> Trial:
     rng = np.random.default_rng(batch + threads)
     samples = rng.normal(center_ms, center_ms * 0.02, 200)
@@ -91,11 +91,30 @@ def test_every_row_is_labelled_with_an_interval(info):
     assert ranking.pareto and ranking.pareto[0] in {r.instance for r in ranking.rows}
 
 
-def test_gpu_estimated_from_cpu_is_never_recommended(info):
+def test_gpu_estimated_from_cpu_is_listed_unpriced_never_ranked(info):
+    """A GPU figure from CPU runs would be invented: no latency, no cost, not among the rows, not on the frontier."""
     ranking = rank(_inputs(info, _local_trials(), [Target("cpu", "cpu", ZEN3)], 50.0))
-    gpu_rows = [r for r in ranking.rows if r.instance in ("g4dn.xlarge", "p5.48xlarge")]
-    assert gpu_rows and not any(r.recommendable for r in gpu_rows)
-    assert ranking.recommendation.instance not in {r.instance for r in gpu_rows}
+    catalog = load_catalog()
+    gpus = {i.name for i in catalog.instances if i.gpu is not None}
+    assert gpus and not gpus & {r.instance for r in ranking.rows}
+    assert {e["instance"] for e in ranking.not_measured} == gpus
+    assert all(e["reason"].startswith("not measured: run on a GPU host") for e in ranking.not_measured)
+    assert not gpus & set(ranking.pareto)
+    assert ranking.to_dict()["not_measured"] and "latency_ms" not in ranking.to_dict()["not_measured"][0]
+
+
+def test_recommendable_rows_sort_first_and_the_pareto_frontier_holds_only_them(info):
+    from dataclasses import replace as with_
+
+    tvm = [with_(t, id=t.id.replace("ort", "tvm"), backend="tvm", config={"tuned": True, "num_threads": 2})
+           for t in _local_trials() if t.config["intra_op_threads"] == 0]
+    ranking = rank(_inputs(info, tvm, [Target("cpu", "cpu", ZEN3)], 50.0))
+    flags = [r.recommendable for r in ranking.rows]
+    assert flags == sorted(flags, reverse=True) and False in flags
+    assert ranking.rows[0] is ranking.recommendation
+    unrecommendable = {r.instance for r in ranking.rows if not r.recommendable}
+    assert ranking.pareto and not unrecommendable & set(ranking.pareto)
+    assert all(r.not_recommendable_reason for r in ranking.rows if not r.recommendable)
 
 
 def test_nothing_meets_the_slo(info):
@@ -116,13 +135,26 @@ def test_interval_crossing_the_slo_is_borderline(info):
     assert all(any("verify on the instance" in n for n in r.notes) for r in estimated)
 
 
-def test_measured_wins_a_near_tie(info):
+def test_an_estimate_wins_only_when_cheaper_at_its_pessimistic_end(info):
+    """The measured c6a.large against estimated instances: an estimate cheaper on its point value but not at the
+    high end of its interval is flagged "verify on this instance type" and not recommended."""
     ranking = rank(_inputs(info, _local_trials(), [Target("cpu", "cpu", ZEN3)], 50.0))
     top = ranking.recommendation
-    cheaper_estimates = [r for r in ranking.rows if r.source == "estimated" and r.recommendable and r.meets_slo
-                         and r.cost_per_million < top.cost_per_million]
-    for row in cheaper_estimates:
-        assert row.cost_per_million < top.cost_per_million / 1.05 or top.source == "estimated"
+    measured = min((r for r in ranking.rows if r.source == "measured" and r.meets_slo and r.recommendable),
+                   key=lambda r: r.cost_per_million)
+    cheaper = [r for r in ranking.rows if r.source == "estimated" and r.recommendable and r.meets_slo
+               and r.cost_per_million < measured.cost_per_million]
+    assert cheaper, "the catalogue has estimated instances cheaper on their point value"
+    for row in cheaper:
+        low, high = row.cost_per_million_interval
+        assert low <= row.cost_per_million <= high
+        if high >= measured.cost_per_million:
+            assert row.verify_on_instance and row is not top
+            assert any("verify on this instance type" in n for n in row.notes)
+    if top.source == "estimated":
+        assert top.cost_per_million_interval[1] < measured.cost_per_million
+    else:
+        assert top is measured
 
 
 def test_unmatched_local_machine_appears_priced_only_with_local_price(info):
@@ -173,12 +205,18 @@ def test_estimates_fit_per_backend_and_scale_with_cores(info):
 
 
 def test_measured_machine_figures_use_the_cores_it_shows():
-    """c6a.large counts 1 core with SMT; a VM showing its 2 vCPUs as 2 cores gets that entry's per-core figures x 2."""
-    from advisor.ranking import target_hardware
+    """c6a.large is 1 physical core with SMT; a VM of that type shows its 2 vCPUs as 2 cores. The measured machine
+    and the estimated instances count cores alike (vCPUs), so the measured machine is exactly that entry (its peak
+    is one core's, not doubled), and an instance of the same type is estimated at the same figure."""
+    from advisor.ranking import instance_hardware, target_hardware
 
-    hardware, figures = target_hardware(Target("cpu", "cpu", ZEN3), load_catalog())
-    assert hardware.cores == 2 and hardware.peak_gflops == pytest.approx(230.0)
-    assert hardware.bandwidth_gbs == pytest.approx(12.8) and "x 2 cores" in figures
+    catalog = load_catalog()
+    hardware, figures = target_hardware(Target("cpu", "cpu", ZEN3), catalog)
+    c6a = instance_hardware(next(i for i in catalog.instances if i.name == "c6a.large"))
+    assert hardware == c6a and hardware.cores == 2 and hardware.peak_gflops == pytest.approx(115.0)
+    assert figures == "catalogue entry c6a.large"
+    wider = target_hardware(Target("cpu", "cpu", ZEN3.__class__(**{**ZEN3.__dict__, "logical_cores": 4})), catalog)
+    assert wider[0].cores == 4 and wider[0].peak_gflops == pytest.approx(230.0) and wider[1] == "catalogue entry c6a.xlarge"
 
 
 def test_a_tuned_tvm_build_is_recommended_only_where_it_was_compiled(info):
@@ -200,7 +238,7 @@ def test_a_tuned_tvm_build_is_recommended_only_where_it_was_compiled(info):
     assert intel.backend == "onnxruntime", "the faster TVM estimate must not displace the portable candidate"
     only_tvm = {r.instance: r for r in rank(_inputs(info, tvm, (local,), slo_ms=1000)).rows}
     assert not only_tvm["c7g.large"].recommendable
-    assert any("compiled and tuned for the measured CPU" in note for note in only_tvm["c7g.large"].notes)
+    assert "compiled and tuned for the measured CPU" in only_tvm["c7g.large"].not_recommendable_reason
     catalog = {i.name: i for i in load_catalog().instances}
     for row in ranking.rows:
         if row.backend == "tvm" and row.recommendable:
@@ -243,12 +281,13 @@ def test_batch_fit_recovers_fixed_and_per_item_costs(fixed_ms, per_item_ms):
 
 
 def test_sizing_an_interpolated_batch_by_hand(info):
-    """latency = 2 + 1 ms x batch, measured exactly at 1, 2, 4, 8; SLO 10 ms, 3000 qps, 70 % utilisation.
-    Batch 6: 8 ms + the wait to fill it, 5 / 3000 s = 1.667 ms -> 9.67 ms, meets; batch 7: 9 + 2 = 11, misses;
-    batch 8 (measured): 10 + 2.33, misses. Batch 6 runs 6 / 8 ms = 750/s; 3000 / (750 x 0.7) = 5.7 -> 6
-    instances, 6 x price x 730 h a month."""
+    """latency = 2 + 1 ms x batch, measured exactly at 1, 2, 4, 8; SLO 20 ms, 3000 qps, 70 % utilisation. Each
+    instance receives 3000 / its instance count, and a batch of b waits (b - 1) of those arrivals.
+    Batch 6: 750/s, 3000 / (750 x 0.7) = 5.7 -> 6 instances of 500 qps each, wait 5 / 500 s = 10 ms: 8 + 10 = 18 ms,
+    meets; batch 7: 778/s -> 6 instances, 9 + 12 = 21, misses; batch 8 (measured): 10 + 14, misses. So batch 6:
+    6 instances, 6 x price x 730 h a month, and the row reports batch 6's 18 ms (8 ms the call, 10 ms the wait)."""
     trials = [_exact(b, 2.0 + b) for b in (1, 2, 4, 8)]
-    ranking = rank(_inputs(info, trials, [Target("cpu", "cpu", ZEN3)], 10.0, qps=3000))
+    ranking = rank(_inputs(info, trials, [Target("cpu", "cpu", ZEN3)], 20.0, qps=3000))
     row = next(r for r in ranking.rows if r.instance == "c6a.large")
     assert row.source == "measured" and row.batch_size == 6 and row.batch_basis == "interpolated"
     assert row.throughput_per_s == pytest.approx(750.0)
@@ -256,7 +295,9 @@ def test_sizing_an_interpolated_batch_by_hand(info):
     assert row.monthly_cost == 6 * row.price_per_hour * 730
     assert row.cost_per_million == pytest.approx(row.price_per_hour / (750.0 * 3600) * 1e6)
     assert any(n.startswith("batch 6 interpolated: latency 2 + 1 ms x batch") for n in row.notes), row.notes
-    assert row.latency_ms == 3.0 and row.latency_ms_interval == (3.0, 3.0)  # the SLO verdict: measured batch 1
+    assert row.processing_ms == pytest.approx(8.0) and row.batching_wait_ms == pytest.approx(10.0)
+    assert row.latency_ms == pytest.approx(18.0) and row.latency_ms_interval == pytest.approx((18.0, 18.0))
+    assert row.slo_verdict == "meets" and row.batch_fit.startswith("latency 2 + 1 ms x batch")
     assert row.to_dict()["batch_basis"] == "interpolated"
     (fit,) = ranking.costmodel["batch_fits"]
     assert fit["latency"]["fixed_ms"] == pytest.approx(2.0) and fit["latency"]["per_item_ms"] == pytest.approx(1.0)
@@ -268,12 +309,15 @@ def test_sizing_an_interpolated_batch_by_hand(info):
 
 
 def test_a_measurement_is_never_replaced_by_the_fit(info):
-    """Batch 8 measured at 9 ms, under the line through 1, 2, 4 (10 ms): sizing uses the 9 ms it saw."""
+    """Batch 8 measured at 9 ms, under the line through 1, 2, 4 (10 ms): sizing uses the 9 ms it saw. Without
+    --qps an instance receives 70 % of its throughput: batch 8 waits 7 / (0.7 x 888.9/s) = 11.25 ms."""
     trials = [_exact(b, 2.0 + b) for b in (1, 2, 4)] + [_exact(8, 9.0)]
-    row = next(r for r in rank(_inputs(info, trials, [Target("cpu", "cpu", ZEN3)], 9.5)).rows
+    row = next(r for r in rank(_inputs(info, trials, [Target("cpu", "cpu", ZEN3)], 25.0)).rows
                if r.instance == "c6a.large")
     assert row.batch_size == 8 and row.batch_basis == "measured"
     assert row.throughput_per_s == 8 * 1000 / 9.0
+    assert row.batching_wait_ms == pytest.approx(7 / (0.7 * 8000 / 9.0) * 1000)
+    assert row.latency_ms == pytest.approx(9.0 + row.batching_wait_ms)
 
 
 def test_no_extrapolation_past_the_cap(info):

@@ -87,8 +87,7 @@ def find_row(run: RunRecord, instance: str) -> dict:
     row = next((r for r in rows if r.get("instance") == instance), None)
     if row is not None:
         if row.get("recommendable") is False:  # e.g. a GPU instance estimated from CPU runs: no GPU candidate exists
-            why = next((str(n).split(":", 1)[1].strip() for n in row.get("notes") or []
-                        if str(n).startswith("not recommendable:")), "its figure is too indirect to act on")
+            why = row.get("not_recommendable_reason") or "its figure is too indirect to act on"
             raise UserError(f"instance {instance!r} has no candidate to package: {why}")
         if not row.get("trial_id"):
             raise UserError(f"instance {instance!r} has no candidate to package: its row names no trial")
@@ -194,7 +193,7 @@ def _anchor_note(row: dict, targets: tuple[Target, ...]) -> str | None:
     label = target.label if target is not None else row.get("target")
     note = (f"{row['instance']}'s latency is a cost-model estimate anchored on trial {row['trial_id']} measured on "
             f"{label}; packaging that trial")
-    if target is not None and any("other arch" in str(n) for n in row.get("notes") or []):
+    if target is not None and row.get("estimate_relation") == "other_arch":
         # a compiled backend's library is built for the measured machine's architecture, not the instance's
         note += f" (built for {target.cpu.arch}, another architecture: run advisor verify on the instance)"
     return note

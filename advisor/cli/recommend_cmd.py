@@ -123,7 +123,8 @@ def recommend(source, slo_ms, percentile, input_shapes, opset, fp16, task, budge
     or torch.export file, module:callable): that is exported to RUN/model.onnx first (--input-shape then also
     gives the example inputs) and the export's numerical difference is recorded in report.json.
 
-    Exit status: 0 a recommendation was made, 3 nothing meets the SLO, 2 bad input, 1 internal error.
+    Exit status: 0 a recommendation was made, 3 nothing meets the SLO, 4 no candidate could be measured (each
+    failed to build, crashed or failed its numerical check), 2 bad input, 1 internal error.
     """
     # imported here, not at the top: a malformed ADVISOR_TUNERS must be a one-line error, not an import traceback
     from advisor.pipeline import recommend as run_recommend
