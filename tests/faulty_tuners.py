@@ -73,3 +73,12 @@ class CrashingTvmTuner(Tuner):
 
     def load_exported(self, folder, runtime):
         raise RuntimeError("never exported")
+
+
+class RejectingTuner(FaultyTuner):
+    """Every build fails, the stock configuration's included: the run has no valid candidate at all."""
+
+    name = "rejecting"
+
+    def search(self, ctx):
+        return StagedSearch("rejecting", ctx.target.id, {**stock_config(), "fault": "raise"}, [])

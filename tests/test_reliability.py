@@ -19,7 +19,7 @@ def test_faulty_backend_is_isolated(mlp_path, tmp_path):
     env = dict(os.environ, ADVISOR_TUNERS="faulty=faulty_tuners:FaultyTuner", PYTHONPATH=os.pathsep.join(sys.path))
     done = subprocess.run(
         [sys.executable, "-c", "from advisor.cli import main; main()", "recommend", str(mlp_path), "--slo", "50ms",
-         "--backends", "onnxruntime,faulty", "--budget", "90s", "--min-time", "0.2s", "--batch-sizes", "1",
+         "--backends", "onnxruntime,faulty", "--budget", "150s", "--min-time", "0.2s", "--batch-sizes", "1",
          "--trial-timeout", "20s", "--memory-limit", "1500", "--out", str(out), "--quiet", "--no-artifact"],
         capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -37,6 +37,22 @@ def test_faulty_backend_is_isolated(mlp_path, tmp_path):
     assert report["recommendation"] is not None
     html = (out / "report.html").read_text()
     assert "worker crashed with SIGSEGV" in html
+
+
+def test_every_candidate_failing_is_its_own_verdict(mlp_path, tmp_path):
+    """Not "nothing meets the SLO": exit 4, status no_valid_candidate, and a message that says why."""
+    out = tmp_path / "run"
+    env = dict(os.environ, ADVISOR_TUNERS="rejecting=faulty_tuners:RejectingTuner", PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run(
+        [sys.executable, "-c", "from advisor.cli import main; main()", "recommend", str(mlp_path), "--slo", "50ms",
+         "--backends", "rejecting", "--budget", "30s", "--min-time", "0.2s", "--batch-sizes", "1", "--out", str(out),
+         "--no-artifact"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 4, (done.stdout[-2000:], done.stderr[-2000:])
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "no_valid_candidate" and report["recommendation"] is None
+    assert all(t["status"] == "failed" for t in report["trials"]) and report["trials"]
+    assert "No candidate" in done.stdout and "No instance meets the SLO" not in done.stdout
 
 
 BROKEN_TUNER = """
