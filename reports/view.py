@@ -359,7 +359,8 @@ def _short_path(value, keep: int = 2) -> str:
 
 
 STOPPED_BY = {"plan": "every task got its share", "deadline": "stopped by deadline",
-              "nothing to tune": "nothing left to tune"}
+              "nothing to tune": "nothing left to tune",
+              "no time to measure": "no time to measure a round: schedules predicted by the cost model"}
 
 
 def _count(value, noun: str) -> str:

@@ -469,6 +469,8 @@ def test_tuning_summary_line():
     assert tuning_summary({"trials_used": 1, "stopped_by": "nothing to tune", "functions": 6,
                            "functions_from_cost_model": 5}) == \
         "1 trial (nothing left to tune); kernels of 6: 0 measured, 5 predicted by the cost model, 0 sampled"
+    assert tuning_summary({"trials_used": 0, "stopped_by": "no time to measure", "tuning_time_s": 6.5}) == \
+        "0 trials in 6.5 s (no time to measure a round: schedules predicted by the cost model)"
     for untuned in (None, {}, {"tuned": False, "compile_time_s": 0.4}, {"trials_used": "n/a"}, "odd"):
         assert tuning_summary(untuned) is None
 
