@@ -27,7 +27,7 @@ from advisor.config import DEFAULT_BUDGET_S  # noqa: E402
 from advisor.executor import ExecutionLimits, MeasureJob, ensure_reference, run_job  # noqa: E402
 from advisor.measure import HarnessSettings  # noqa: E402
 from advisor.model import ModelSpec, analyze  # noqa: E402
-from advisor.tuning import SEARCH_SHARE  # noqa: E402
+from advisor.tuning import ARTIFACT_SHARE, SEARCH_SHARE  # noqa: E402
 from hwprofiles.targets import detect_targets  # noqa: E402
 from tuners.base import Candidate, TrialOutcome, TuneContext  # noqa: E402
 from tuners.onnxruntime import stock_config  # noqa: E402
@@ -41,7 +41,7 @@ HARNESS = HarnessSettings(warmup=3, min_iterations=20, min_time_s=2.0, max_time_
 def default_tvm_share(budget_s: float) -> float:
     """The TVM search budget `advisor recommend --budget B` gives on a CPU with ONNX Runtime and TVM."""
     weights = TUNERS["onnxruntime"].budget_weight + TUNERS["tvm"].budget_weight
-    return budget_s * SEARCH_SHARE * TUNERS["tvm"].budget_weight / weights
+    return budget_s * (1 - ARTIFACT_SHARE) * SEARCH_SHARE * TUNERS["tvm"].budget_weight / weights
 
 
 def build_models(folder: Path, names: list[str]) -> dict[str, tuple[Path, dict]]:
