@@ -36,7 +36,8 @@ class RichProgress(Progress):
 
         self.percentile = percentile
         self.console = Console(file=sys.stderr, highlight=False)
-        self._status = self.console.status("starting")
+        # a slow refresh: redrawing the spinner is CPU the timed worker would lose on a 2-core machine
+        self._status = self.console.status("starting", refresh_per_second=2)
         self._status.start()
 
     def stage(self, message: str) -> None:

@@ -117,19 +117,50 @@ class CandidateCurve:
     config: dict
     by_batch: dict[int, Trial]
     role: str | None = None  # winner | baseline (tuning.py's sweep)
+    run_to_run: float = 1.0  # each measured interval is widened by this factor at both ends (run_to_run_factor)
 
     def threads(self) -> int:
         return int(self.config.get("intra_op_threads", 0) or 0)
 
     def points(self, percentile: str) -> dict[int, BatchPoint]:
-        return {b: _measured_figure(t, percentile) for b, t in self.by_batch.items()}
+        return {b: _measured_figure(t, percentile, self.run_to_run) for b, t in self.by_batch.items()}
 
     def batch_curve(self, percentile: str) -> BatchCurve | None:
         """The latency-vs-batch fit on this candidate's measured sizes (None when measured at one size)."""
         return BatchCurve.fit(list(self.points(percentile).values()))
 
 
-def _curves(trials: Sequence[Trial]) -> list[CandidateCurve]:
+@dataclass(frozen=True)
+class RunToRun:
+    """How far two solo measurements of one configuration at one batch size, in two processes of this run,
+    disagree (the search's and the sweep's), at least RUN_TO_RUN_FLOOR. A bootstrap interval only covers the
+    sampling error of one process's window; a figure measured again a minute later in another process moves by
+    more, and the published interval must hold that too (bench/truth.py checks it against fresh processes)."""
+
+    factor: float
+    pairs: int
+    largest_observed: float | None
+
+    def to_dict(self) -> dict:
+        return {"factor": self.factor, "floor": RUN_TO_RUN_FLOOR, "pairs": self.pairs,
+                "largest_observed": self.largest_observed}
+
+
+RUN_TO_RUN_FLOOR = 1.2  # docs/NOTES: one configuration measured in two processes differs by 10-20 %
+
+
+def run_to_run_factor(trials: Sequence[Trial], percentile: str) -> RunToRun:
+    figures: dict[str, list[float]] = {}
+    for trial in trials:
+        if trial.ok and trial.phase in ("search", "sweep") and trial.latency.at(percentile) > 0:
+            key = json.dumps([trial.backend, trial.target, dict(trial.config), trial.batch_size], sort_keys=True)
+            figures.setdefault(key, []).append(trial.latency.at(percentile))
+    ratios = [max(values) / min(values) for values in figures.values() if len(values) >= 2]
+    largest = max(ratios, default=None)
+    return RunToRun(max(RUN_TO_RUN_FLOOR, largest or 0.0), len(ratios), largest)
+
+
+def _curves(trials: Sequence[Trial], run_to_run: float = 1.0) -> list[CandidateCurve]:
     """The curves the ranking may use. On a target whose winner and baseline were swept (tuning.py), only those
     two, from their sweep trials alone: the head-to-head decided between candidates, the sweep measured them solo
     at every batch size, and no curve mixes the two protocols. Elsewhere (no sweep ran: budget spent, an older
@@ -143,7 +174,7 @@ def _curves(trials: Sequence[Trial]) -> list[CandidateCurve]:
                 continue
             key = json.dumps([trial.backend, trial.target, dict(trial.config)], sort_keys=True)
             curve = curves.setdefault(key, CandidateCurve(trial.backend, trial.target, dict(trial.config), {},
-                                                          trial.details.get("role"), ))
+                                                          trial.details.get("role"), run_to_run))
             if not curve.by_batch or next(iter(curve.by_batch.values())).phase == phase:
                 curve.by_batch.setdefault(trial.batch_size, trial)
     return list(curves.values())
@@ -188,8 +219,9 @@ def target_hardware(target: Target, catalog: Catalog) -> tuple[Hardware, str]:
         f"derived from ISA at {3.0:g} GHz"
 
 
-def _measured_figure(trial: Trial, percentile: str) -> BatchPoint:
-    return BatchPoint(trial.batch_size, trial.latency.at(percentile), tuple(trial.latency.intervals[percentile]),
+def _measured_figure(trial: Trial, percentile: str, run_to_run: float = 1.0) -> BatchPoint:
+    low, high = trial.latency.intervals[percentile]
+    return BatchPoint(trial.batch_size, trial.latency.at(percentile), (low / run_to_run, high * run_to_run),
                       trial.latency.mean)
 
 
@@ -432,20 +464,22 @@ class _Context:
     hardware: dict[str, tuple[Hardware, str]]
     estimator: _Estimator
     batch_fits: dict[int, BatchCurve | None]
+    run_to_run: RunToRun
 
 
 def _context(inputs: RankingInputs) -> _Context:
     from tuners.registry import accepts_any_batch  # here: a malformed ADVISOR_TUNERS must not break the import
 
     slo_batch = inputs.batch_size or 1
-    curves = [c for c in _curves(inputs.trials) if slo_batch in c.by_batch]
+    run_to_run = run_to_run_factor(inputs.trials, inputs.slo.percentile)
+    curves = [c for c in _curves(inputs.trials, run_to_run.factor) if slo_batch in c.by_batch]
     measured_targets = [t for t in inputs.targets if any(c.target == t.id for c in curves)]
     hardware = {t.id: target_hardware(t, inputs.catalog) for t in measured_targets}
     estimator = _Estimator(inputs, [(t, hardware[t.id][0]) for t in measured_targets])
     # a build compiled for one shape (TVM, TensorRT) serves only the batch sizes it was built and measured at
     batch_fits = {id(c): c.batch_curve(inputs.slo.percentile) if accepts_any_batch(c.backend) else None
                   for c in curves}
-    return _Context(inputs, curves, measured_targets, hardware, estimator, batch_fits)
+    return _Context(inputs, curves, measured_targets, hardware, estimator, batch_fits, run_to_run)
 
 
 def _instance_row(ctx: _Context, instance: Instance) -> tuple[RankedRow | None, dict | None, dict | None]:
@@ -560,6 +594,7 @@ def _costmodel_summary(ctx: _Context) -> dict:
                               "fits": ctx.estimator.fits_of(tid)}
                         for tid, hw in ctx.hardware.items()},
             "cross_hardware_factors": dict(CROSS_HARDWARE_FACTOR),
+            "run_to_run": ctx.run_to_run.to_dict(),
             "batch_fits": [{"backend": c.backend, "target": c.target, "config": dict(c.config),
                             "percentile": ctx.inputs.slo.percentile, **ctx.batch_fits[id(c)].to_dict()}
                            for c in ctx.curves if ctx.batch_fits[id(c)] is not None]}

@@ -9,7 +9,7 @@ import pytest
 from advisor.costmodel import Hardware, relation
 from advisor.measure import LatencyStats
 from advisor.model import ModelSpec, analyze
-from advisor.ranking import RankingInputs, matches, rank
+from advisor.ranking import RUN_TO_RUN_FLOOR, RankingInputs, matches, rank, run_to_run_factor
 from advisor.sizing import (batching_window_ms, cost_per_million, instances_needed, memory_needed_gib, monthly_cost,
                             throughput_per_s)
 from advisor.slo import Slo
@@ -285,7 +285,8 @@ def test_sizing_an_interpolated_batch_by_hand(info):
     instance receives 3000 / its instance count, and a batch of b waits (b - 1) of those arrivals.
     Batch 6: 750/s, 3000 / (750 x 0.7) = 5.7 -> 6 instances of 500 qps each, wait 5 / 500 s = 10 ms: 8 + 10 = 18 ms,
     meets; batch 7: 778/s -> 6 instances, 9 + 12 = 21, misses; batch 8 (measured): 10 + 14, misses. So batch 6:
-    6 instances, 6 x price x 730 h a month, and the row reports batch 6's 18 ms (8 ms the call, 10 ms the wait)."""
+    6 instances, 6 x price x 730 h a month, and the row reports batch 6's 18 ms (8 ms the call, 10 ms the wait),
+    with the call's interval widened by the run-to-run floor: 6.7-9.6 ms, 16.7-19.6 ms with the wait (meets)."""
     trials = [_exact(b, 2.0 + b) for b in (1, 2, 4, 8)]
     ranking = rank(_inputs(info, trials, [Target("cpu", "cpu", ZEN3)], 20.0, qps=3000))
     row = next(r for r in ranking.rows if r.instance == "c6a.large")
@@ -296,7 +297,9 @@ def test_sizing_an_interpolated_batch_by_hand(info):
     assert row.cost_per_million == pytest.approx(row.price_per_hour / (750.0 * 3600) * 1e6)
     assert any(n.startswith("batch 6 interpolated: latency 2 + 1 ms x batch") for n in row.notes), row.notes
     assert row.processing_ms == pytest.approx(8.0) and row.batching_wait_ms == pytest.approx(10.0)
-    assert row.latency_ms == pytest.approx(18.0) and row.latency_ms_interval == pytest.approx((18.0, 18.0))
+    # exact samples have no sampling error; the interval is the run-to-run floor (1.2x) on the call, plus the wait
+    assert row.latency_ms == pytest.approx(18.0)
+    assert row.latency_ms_interval == pytest.approx((8.0 / RUN_TO_RUN_FLOOR + 10.0, 8.0 * RUN_TO_RUN_FLOOR + 10.0))
     assert row.slo_verdict == "meets" and row.batch_fit.startswith("latency 2 + 1 ms x batch")
     assert row.to_dict()["batch_basis"] == "interpolated"
     (fit,) = ranking.costmodel["batch_fits"]
@@ -367,3 +370,19 @@ def test_fixed_shape_backends_are_sized_only_at_measured_batch_sizes(info):
            for t in _local_trials() if t.config["intra_op_threads"] == 0]
     ranking = rank(_inputs(info, tvm, (local,), slo_ms=1000, qps=5000))
     assert ranking.rows and all(r.batch_size in (1, 2, 4, 8) and r.batch_basis == "measured" for r in ranking.rows)
+
+
+def test_measured_intervals_hold_the_run_to_run_spread(info):
+    """A configuration measured twice in two processes (search and sweep) that disagree by 1.5x widens every
+    measured interval by 1.5x; agreeing measurements still get the floor."""
+    search = [_trial("cpu", 1, 10.0, phase="search")]
+    sweep = [_trial("cpu", b, 15.0 * b, phase="sweep") for b in (1, 2)]
+    spread = run_to_run_factor(search + sweep, "p99")
+    assert spread.pairs == 1 and spread.largest_observed == pytest.approx(1.5, rel=0.05)
+    assert spread.factor == spread.largest_observed
+    assert run_to_run_factor(sweep, "p99").factor == RUN_TO_RUN_FLOOR and run_to_run_factor(sweep, "p99").pairs == 0
+    ranking = rank(_inputs(info, search + sweep, [Target("cpu", "cpu", ZEN3)], 1000.0))
+    row = next(r for r in ranking.rows if r.instance == "c6a.large" and r.batch_size == 1)
+    low, high = sweep[0].latency.intervals["p99"]
+    assert row.latency_ms_interval == pytest.approx((low / spread.factor, high * spread.factor))
+    assert ranking.costmodel["run_to_run"]["factor"] == spread.factor
