@@ -10,8 +10,8 @@ from advisor.costmodel import Hardware, relation
 from advisor.measure import LatencyStats
 from advisor.model import ModelSpec, analyze
 from advisor.ranking import RUN_TO_RUN_FLOOR, RankingInputs, matches, rank, run_to_run_factor
-from advisor.sizing import (batching_window_ms, cost_per_million, instances_needed, memory_needed_gib, monthly_cost,
-                            throughput_per_s)
+from advisor.sizing import (BatchCurve, BatchPoint, batching_window_ms, cost_per_million, instances_needed,
+                            memory_needed_gib, monthly_cost, throughput_per_s)
 from advisor.slo import Slo
 from advisor.trials import Trial
 from hwprofiles.catalog import load_catalog
@@ -386,3 +386,15 @@ def test_measured_intervals_hold_the_run_to_run_spread(info):
     low, high = sweep[0].latency.intervals["p99"]
     assert row.latency_ms_interval == pytest.approx((low / spread.factor, high * spread.factor))
     assert ranking.costmodel["run_to_run"]["factor"] == spread.factor
+
+
+def test_a_line_that_does_not_fit_its_points_is_not_extrapolated():
+    """An MLP's measured p99s (jitter more than batch cost): 0.414, 0.337, 0.381, 0.499 ms at batches 1, 2, 4, 8.
+    Their line misses them by up to 17 %, so sizing stays within the measured sizes (fresh processes measured
+    0.27 ms at batch 16, where the line said 0.6)."""
+    points = [BatchPoint(b, p, (p * 0.9, p * 1.1), p * 0.5) for b, p in ((1, 0.414), (2, 0.337), (4, 0.381),
+                                                                         (8, 0.499))]
+    curve = BatchCurve.fit(points)
+    assert curve.max_batch_size == 8 and max(curve.fitted_batch_sizes()) < 8
+    exact = [BatchPoint(b, 2.0 + b, (2.0 + b, 2.0 + b), 1.0 + b) for b in (1, 2, 4, 8)]
+    assert BatchCurve.fit(exact).max_batch_size == 16  # a line that fits is followed up to 2x
