@@ -1,0 +1,1 @@
+"""Generative LLM planning: architecture, precision, memory, performance, simulation."""
