@@ -2,6 +2,12 @@
 
 Bundled files (hwprofiles/catalog/*.yaml) load first; `--catalog FILE` files add entries or replace them by
 name. Any problem is one UserError line naming the file, the entry and the field.
+
+GPU entries may carry per-GPU figures for the LLM planner, all optional so that older user catalogues stay valid:
+the CUDA compute capability, dense tensor-core peaks per data type (`tflops`, TOPS for the integer types; no 2:4
+sparsity), the memory bandwidth, and the GPU-to-GPU link (per GPU, one direction). The instance's `peak` block
+stays the whole instance: datasheet figure x GPU count. fp8 tensor cores exist from compute capability 8.9 (Ada,
+Hopper) on, so an fp8 peak on an older GPU is rejected (CUDA C++ Programming Guide, "Compute capabilities").
 """
 
 from __future__ import annotations
@@ -11,14 +17,27 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from advisor.errors import UserError
 
 PROVIDERS = ("aws", "gcp", "azure", "local", "other")
+DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
+FP8_MIN_COMPUTE_CAPABILITY = 8.9  # Ada (8.9) and Hopper (9.0) have fp8 tensor cores; Ampere (8.0, 8.6) has not
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class UnknownDtype(ValueError):
+    """A data type the catalogue has no peak field for (a programming error in the caller, not user input)."""
+
+
+def _known_dtype(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise UnknownDtype(f"unknown dtype {dtype!r}; the catalogue knows {', '.join(DTYPES)}")
+    return dtype
 
 
 class _Strict(BaseModel):
@@ -34,10 +53,47 @@ class CpuSpec(_Strict):
     smt: bool = False
 
 
+class TflopsSpec(_Strict):
+    """Dense tensor-core peaks of one GPU, TFLOPS (TOPS for int8/int4), as the vendor datasheet gives them without
+    sparsity; fp32 is the CUDA-core peak. A type the GPU has no tensor-core path for is left out."""
+
+    fp32: float | None = Field(default=None, gt=0)
+    tf32: float | None = Field(default=None, gt=0)
+    bf16: float | None = Field(default=None, gt=0)
+    fp16: float | None = Field(default=None, gt=0)
+    fp8: float | None = Field(default=None, gt=0)
+    int8: float | None = Field(default=None, gt=0)
+    int4: float | None = Field(default=None, gt=0)
+
+
+class InterconnectSpec(_Strict):
+    """How the instance's GPUs reach each other: per GPU, one direction, GB/s (NVLink 4's 900 GB/s total is 450)."""
+
+    kind: Literal["nvswitch", "nvlink", "pcie"]
+    bandwidth_gbs: float = Field(gt=0)
+
+
 class GpuSpec(_Strict):
     model: str
     count: int = Field(gt=0)
     memory_gib: float = Field(gt=0)
+    compute_capability: float | None = Field(default=None, gt=0)
+    tflops: TflopsSpec | None = None
+    memory_bandwidth_gbs: float | None = Field(default=None, gt=0)  # per GPU (HBM/GDDR)
+    interconnect: InterconnectSpec | None = None  # absent on single-GPU instances
+
+    @model_validator(mode="after")
+    def _fp8_needs_ada_or_hopper(self) -> GpuSpec:
+        if (self.tflops is not None and self.tflops.fp8 is not None and self.compute_capability is not None
+                and self.compute_capability < FP8_MIN_COMPUTE_CAPABILITY):
+            raise ValueError(f"an fp8 peak is given, but compute capability {self.compute_capability:.1f} has no fp8 "
+                             f"tensor cores (they start at {FP8_MIN_COMPUTE_CAPABILITY:.1f})")
+        return self
+
+    def peak_tflops(self, dtype: str) -> float | None:
+        """Dense peak of one GPU at `dtype` (one of DTYPES), or None where the catalogue has no figure."""
+        dtype = _known_dtype(dtype)
+        return getattr(self.tflops, dtype) if self.tflops is not None else None
 
 
 class PeakSpec(_Strict):
@@ -80,6 +136,12 @@ class Instance(_Strict):
     @property
     def is_gpu(self) -> bool:
         return self.gpu is not None
+
+    def gpu_peak_tflops(self, dtype: str) -> float | None:
+        """Dense peak of one of this instance's GPUs at `dtype`; None for CPU instances or where no figure is
+        given. Multiply by `gpu.count` for the instance (the `peak` block already holds that total)."""
+        dtype = _known_dtype(dtype)
+        return self.gpu.peak_tflops(dtype) if self.gpu is not None else None
 
     def to_dict(self) -> dict:
         return self.model_dump()
