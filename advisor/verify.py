@@ -3,9 +3,11 @@ the original model, and within the SLO on this machine."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from advisor.errors import UserError
 from advisor.executor import fp32_noise_floor, fp32_tolerance, reference_outputs
@@ -15,9 +17,13 @@ from advisor.model import ModelSpec, analyze
 from advisor.runtime import ArtifactError, load, open_artifact
 from advisor.slo import Slo, SloVerdict, judge
 
+if TYPE_CHECKING:
+    from advisor.llm.verify_llm import LlmVerifyResult
+
 EXIT_OK = 0
 EXIT_SLO_NOT_MET = 3
 EXIT_OUTPUTS_DIFFER = 4
+LLM_SERVING = "llm-serving"  # manifest["kind"] of a generative LLM's vLLM deployment (advisor.llm.serving_artifact)
 
 
 @dataclass(frozen=True)
@@ -35,11 +41,27 @@ class VerifyResult:
         return EXIT_OK if self.verdict.meets else EXIT_SLO_NOT_MET
 
 
-def verify(artifact: Path, model: Path | None = None, harness: HarnessSettings | None = None) -> VerifyResult:
+def _kind(folder: Path) -> str | None:
+    """The manifest's kind, read leniently: an unreadable manifest is reported by the checks that follow."""
+    try:
+        manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest.get("kind") if isinstance(manifest, dict) else None
+
+
+def verify(artifact: Path, model: Path | None = None,
+           harness: HarnessSettings | None = None) -> VerifyResult | LlmVerifyResult:
+    """Verify an artifact folder or tarball. An llm-serving artifact (a vLLM deployment) is checked by
+    advisor.llm.verify_llm and gives an LlmVerifyResult; every other artifact is loaded, run and timed here."""
     harness = harness or HarnessSettings()
     with tempfile.TemporaryDirectory() as scratch:
         try:
             folder = open_artifact(artifact, Path(scratch))
+            if _kind(folder) == LLM_SERVING:
+                from advisor.llm.verify_llm import verify_serving_artifact
+
+                return verify_serving_artifact(folder)
             manifest, predict = load(folder)
         except ArtifactError as error:
             raise UserError(str(error)) from None

@@ -17,11 +17,20 @@ def verify(artifact, model):
 
     Exit status: 0 all hold, 2 the artifact is missing, malformed or modified, 3 the SLO does not hold here,
     4 outputs differ from the original model beyond the tolerance.
+
+    An LLM serving artifact (a vLLM deployment) is checked without starting a server: checksums, a consistent
+    deployment, and launch.sh, k8s.yaml and bench.sh running what deployment.json says with valid vLLM flags.
     """
-    from advisor.verify import verify as run_verify
+    from advisor.verify import LLM_SERVING, verify as run_verify
 
     result = run_verify(artifact, model)
     manifest = result.manifest
+    if manifest.get("kind") == LLM_SERVING:
+        if model is not None:
+            click.echo("--model: not used (an llm-serving artifact holds a vLLM deployment, no model to compare)")
+        for line in result.lines:
+            click.echo(line)
+        return result.exit_code
     slo = manifest["slo"]
     click.echo(f"checksums: ok ({len(manifest['files'])} files)")
     click.echo(f"loaded: {manifest['backend']} artifact, config {manifest['config']}")
