@@ -60,7 +60,9 @@ class LlmDeployment:
     with token counts as numbers or as distributions carrying a mean. `slo` is {"ttft_ms", "itl_ms", "percentile"}.
     `predicted` holds figures at the SLO percentile, each with an interval: either {"ttft_ms": 412.0,
     "ttft_ms_interval": [380.0, 470.0], ...} or {"ttft_ms": {"value": 412.0, "interval": [380.0, 470.0]}}, plus
-    "source" (what the figures rest on)."""
+    "source" (what the figures rest on). Latencies are those of one replica at workload["rate_rps"];
+    "goodput_rps" is the whole instance's, its `replicas_per_instance` replicas together (as advisor.llm.plan's
+    rows)."""
 
     model: str  # the Hugging Face folder or hub id the user gave (what `vllm serve` loads)
     served_model_name: str
