@@ -422,7 +422,8 @@ def render_readme(dep: LlmDeployment) -> str:
     ]
     if local_model:
         lines.append(f"- The model is the local folder `{dep.model}`: it must exist at that path where vLLM runs "
-                     "(on Kubernetes, mount it there, e.g. from a PersistentVolumeClaim).")
+                     "(on Kubernetes, mount it there, e.g. from a PersistentVolumeClaim) and where bench.sh runs "
+                     "(it reads the tokenizer from there).")
     lines += [
         "",
         "## Check the prediction",
