@@ -61,8 +61,23 @@ def _csv(text: str | None) -> tuple[str, ...]:
 
 @click.command()
 @click.argument("source", metavar="SOURCE")
-@click.option("--slo", "slo_ms", type=LatencyType(), required=True,
-              help="Latency SLO: 400ms, 0.4s or 400 (milliseconds).")
+@click.option("--slo", "slo_ms", type=LatencyType(), default=None,
+              help="Latency SLO: 400ms, 0.4s or 400 (milliseconds). Required for a fixed-shape model.")
+@click.option("--ttft", "ttft_ms", type=LatencyType(), default=None,
+              help="Generative LLM: time-to-first-token SLO, e.g. 800ms.")
+@click.option("--itl", "itl_ms", type=LatencyType(), default=None,
+              help="Generative LLM: inter-token latency SLO, e.g. 60ms.")
+@click.option("--prompt-tokens", type=click.IntRange(min=1), default=None, help="Generative LLM: prompt length.")
+@click.option("--output-tokens", type=click.IntRange(min=1), default=None,
+              help="Generative LLM: tokens generated per request.")
+@click.option("--context", type=click.IntRange(min=1), default=None,
+              help="Generative LLM: the max model length served (default: prompt + output, rounded up to a power "
+                   "of two).")
+@click.option("--workload", "workload_path", type=click.Path(path_type=Path), default=None,
+              help="Generative LLM: a workload file (length distributions, arrival rate; docs/llm.md).")
+@click.option("--generative/--fixed-shape", "generative", default=None,
+              help="Plan SOURCE as a generative LLM, or export and measure it as a fixed-shape model (default: "
+                   "generative for a causal-LM config).")
 @click.option("--percentile", type=click.Choice(PERCENTILE_CHOICES), default="p99", show_default=True,
               help="Latency percentile the SLO applies to.")
 @input_shape_option
@@ -112,7 +127,8 @@ def _csv(text: str | None) -> tuple[str, ...]:
                    "reports).")
 @click.option("--no-artifact", is_flag=True, help="Skip exporting the deployable artifact.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display on stderr.")
-def recommend(source, slo_ms, percentile, input_shapes, opset, fp16, task, budget_s, batch_sizes, batch_size,
+def recommend(source, slo_ms, ttft_ms, itl_ms, prompt_tokens, output_tokens, context, workload_path, generative,
+              percentile, input_shapes, opset, fp16, task, budget_s, batch_sizes, batch_size,
               backends, out_dir, resume, json_path, catalogs, providers, region, qps, utilisation, local_price,
               tolerance, cache_dir, min_time, trial_timeout, memory_limit, cluster, tvm_rpc, tvm_rpc_key,
               tvm_rpc_target, no_artifact, quiet):
@@ -123,6 +139,11 @@ def recommend(source, slo_ms, percentile, input_shapes, opset, fp16, task, budge
     or torch.export file, module:callable): that is exported to RUN/model.onnx first (--input-shape then also
     gives the example inputs) and the export's numerical difference is recorded in report.json.
 
+    A causal language model (a Hugging Face folder whose config.json is enough: weights are optional) is
+    planned instead, under --ttft/--itl with --prompt-tokens/--output-tokens (or --workload): every catalogue
+    instance, precision, KV-cache dtype, tensor-parallel degree and engine setting, ranked by cost per million
+    output tokens, with a vLLM launch configuration as the artifact (docs/llm.md).
+
     Exit status: 0 a recommendation was made, 3 nothing meets the SLO, 4 no candidate could be measured (each
     failed to build, crashed or failed its numerical check), 2 bad input, 1 internal error.
     """
@@ -132,6 +153,11 @@ def recommend(source, slo_ms, percentile, input_shapes, opset, fp16, task, budge
     from advisor.summary import print_summary
     from tuners.registry import parse_backends
 
+    if _generative_mode(source, generative, slo_ms, ttft_ms, itl_ms):
+        return _recommend_generative(source, ttft_ms, itl_ms, percentile, prompt_tokens, output_tokens, context,
+                                     workload_path, qps, out_dir, json_path, catalogs, providers, region, no_artifact)
+    if slo_ms is None:
+        raise click.UsageError("Missing option '--slo'.")
     if resume and out_dir is None:
         raise click.UsageError("--resume needs --out pointing at the run folder to continue")
     extra = {"cache_dir": cache_dir} if cache_dir else {}
@@ -169,4 +195,39 @@ def recommend(source, slo_ms, percentile, input_shapes, opset, fp16, task, budge
     finally:
         progress.close()
     print_summary(result.report, result.run_dir)
+    return result.exit_code
+
+
+def _generative_mode(source: str, generative: bool | None, slo_ms, ttft_ms, itl_ms) -> bool:
+    """--generative/--fixed-shape decide; else --ttft/--itl mean generative; else a causal-LM config does, unless
+    --slo asks for a fixed-shape run (ambiguous: refused with the way out)."""
+    from advisor.llm.detect import is_generative_source
+
+    if generative is not None:
+        return generative
+    if ttft_ms is not None or itl_ms is not None:
+        if slo_ms is not None:
+            raise click.UsageError("--slo is the SLO of a fixed-shape model; a generative one takes --ttft/--itl")
+        return True
+    if is_generative_source(source):
+        if slo_ms is not None:
+            raise click.UsageError(f"{source} is a causal language model: plan it with --ttft/--itl, or pass "
+                                   f"--fixed-shape to export it to ONNX and measure it under --slo")
+        return True
+    return False
+
+
+def _recommend_generative(source, ttft_ms, itl_ms, percentile, prompt_tokens, output_tokens, context, workload_path,
+                          qps, out_dir, json_path, catalogs, providers, region, no_artifact) -> int:
+    from advisor.llm.plan import LlmSlo
+    from advisor.llm.run import LlmRecommendConfig, recommend_llm
+    from advisor.llm.summary import print_llm_summary
+
+    config = LlmRecommendConfig(
+        source=Path(source), slo=LlmSlo(ttft_ms, itl_ms, percentile), out_dir=out_dir or _default_out(source, True),
+        prompt_tokens=prompt_tokens, output_tokens=output_tokens, qps=qps, context=context,
+        workload_path=workload_path, catalog_paths=tuple(catalogs), providers=_csv(providers), region=region,
+        json_path=json_path, make_artifact=not no_artifact)
+    result = recommend_llm(config)
+    print_llm_summary(result.report, result.run_dir)
     return result.exit_code

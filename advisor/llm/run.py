@@ -1,0 +1,193 @@
+"""`advisor recommend` for a generative LLM: architecture -> workload -> plan over the catalogue -> report.json,
+summary.md, report.html and a serving artifact (a vLLM launch configuration to deploy and a benchmark to check the
+prediction)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import advisor
+from advisor.environment import environment, now_iso
+from advisor.errors import UserError
+from advisor.llm.architecture import LlmArchitecture, LlmConfigError, load_architecture
+from advisor.llm.plan import LlmRow, LlmSlo, Plan, PlanRequest, plan
+from advisor.llm.workload import Workload, WorkloadError, load_workload
+from advisor.runfolder import write_json_atomic
+from hwprofiles.catalog import load_catalog
+from hwprofiles.targets import detect_targets
+
+SCHEMA = "advisor.report/v1"
+EXIT_CODES = {"recommended": 0, "no_slo_met": 3}
+
+
+@dataclass(frozen=True)
+class LlmRecommendConfig:
+    source: Path  # a Hugging Face folder (config.json is enough) or a config.json
+    slo: LlmSlo
+    out_dir: Path
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    qps: float | None = None
+    context: int | None = None  # default: prompt + output tokens rounded up, at most the model's context
+    workload_path: Path | None = None
+    catalog_paths: tuple[Path, ...] = ()
+    providers: tuple[str, ...] = ()
+    region: str | None = None
+    json_path: Path | None = None
+    make_artifact: bool = True
+    gpu_memory_utilisation: float = 0.9
+
+
+@dataclass(frozen=True)
+class LlmRunResult:
+    report: dict
+    exit_code: int
+    run_dir: Path
+
+
+def _workload(config: LlmRecommendConfig, arch: LlmArchitecture) -> Workload:
+    if config.workload_path is not None:
+        try:
+            workload = load_workload(config.workload_path)
+        except WorkloadError as error:
+            raise UserError(str(error)) from None
+    else:
+        if config.prompt_tokens is None or config.output_tokens is None:
+            raise UserError("a generative model needs --prompt-tokens and --output-tokens (or --workload FILE)")
+        workload = Workload.fixed(config.prompt_tokens, config.output_tokens, config.qps or 1.0)
+    longest = workload.prompt_tokens.max + workload.output_tokens.max
+    if longest > arch.max_context:
+        raise UserError(f"prompt + output tokens ({longest}) exceed {arch.name}'s context of {arch.max_context}")
+    if config.context is not None and config.context < longest:
+        raise UserError(f"--context {config.context} is shorter than prompt + output tokens ({longest})")
+    if config.context is not None and config.context > arch.max_context:
+        raise UserError(f"--context {config.context} exceeds {arch.name}'s context of {arch.max_context}")
+    return workload
+
+
+def _context(config: LlmRecommendConfig, arch: LlmArchitecture, workload: Workload) -> int:
+    if config.context is not None:
+        return config.context
+    longest = workload.prompt_tokens.max + workload.output_tokens.max
+    return min(arch.max_context, 1 << math_ceil_log2(longest))
+
+
+def math_ceil_log2(value: int) -> int:
+    return max(0, (int(value) - 1).bit_length())
+
+
+def recommend_llm(config: LlmRecommendConfig) -> LlmRunResult:
+    # every input is checked before anything is written
+    try:
+        arch = load_architecture(config.source)
+    except LlmConfigError as error:
+        raise UserError(str(error)) from None
+    if config.slo.ttft_ms is None and config.slo.itl_ms is None:
+        raise UserError("a generative model needs --ttft and/or --itl (latency SLOs for the first token and "
+                        "between tokens)")
+    workload = _workload(config, arch)
+    context = _context(config, arch, workload)
+    catalog = load_catalog(list(config.catalog_paths), providers=list(config.providers) or None,
+                           region=config.region)
+    started_at = now_iso()
+    result = plan(PlanRequest(arch=arch, workload=workload, slo=config.slo, context=context, catalog=catalog,
+                              qps=config.qps, gpu_memory_utilisation=config.gpu_memory_utilisation))
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    artifact_path, artifact_error = None, None
+    if result.recommendation is not None and config.make_artifact:
+        artifact_path, artifact_error = _write_artifact(config, arch, workload, context, result.recommendation)
+    report = build_llm_report(config, arch, workload, context, result, started_at, artifact_path, artifact_error)
+    write_llm_report(report, config.out_dir, config.json_path)
+    return LlmRunResult(report, EXIT_CODES[report["status"]], config.out_dir)
+
+
+def _write_artifact(config: LlmRecommendConfig, arch: LlmArchitecture, workload: Workload, context: int,
+                    row: LlmRow) -> tuple[Path | None, str | None]:
+    from advisor.llm.deployment import LlmDeployment
+    from advisor.llm.serving_artifact import write_serving_artifact
+    from advisor.llm.precision import KV_VLLM_FLAG, precision_named
+
+    precision = precision_named(row.precision)
+    deployment = LlmDeployment(
+        model=str(config.source), served_model_name=arch.name, instance=row.instance, provider=row.provider,
+        gpu_model=row.device, gpus=row.devices, tensor_parallel=row.tensor_parallel, precision=row.precision,
+        vllm_quantization=precision.vllm_quantization, dtype=precision.vllm_dtype,
+        kv_cache_dtype=KV_VLLM_FLAG[row.kv_cache_dtype], max_model_len=context,
+        max_num_seqs=row.max_num_seqs, max_num_batched_tokens=row.max_num_batched_tokens,
+        gpu_memory_utilization=config.gpu_memory_utilisation, enable_chunked_prefill=True,
+        workload=workload.to_dict() | {"rate_rps": row.rate_rps},
+        slo=config.slo.to_dict(),
+        predicted={"ttft_ms": row.ttft_ms, "ttft_ms_interval": list(row.ttft_ms_interval), "itl_ms": row.itl_ms,
+                   "itl_ms_interval": list(row.itl_ms_interval), "e2e_ms": row.e2e_ms,
+                   "goodput_rps": row.goodput_rps, "source": row.source})
+    problems = deployment.problems()
+    if problems:
+        return None, "; ".join(problems)
+    try:
+        return write_serving_artifact(deployment, config.out_dir / "artifact"), None
+    except (OSError, ValueError) as error:
+        return None, str(error)
+
+
+def _sha256(path: Path) -> str:
+    config = path / "config.json" if path.is_dir() else path
+    return hashlib.sha256(config.read_bytes()).hexdigest()
+
+
+def build_llm_report(config: LlmRecommendConfig, arch: LlmArchitecture, workload: Workload, context: int,
+                     result: Plan, started_at: str, artifact_path: Path | None, artifact_error: str | None) -> dict:
+    rows = [r.to_dict() for r in result.rows]
+    recommendation = None
+    if result.recommendation is not None:
+        rec = result.recommendation.to_dict()
+        runner_up = next((r for r in rows if r["instance"] != rec["instance"]), None)
+        recommendation = {**rec, "artifact": str(artifact_path) if artifact_path else None,
+                          "artifact_error": artifact_error, "runner_up": runner_up, "why": _why(rec, runner_up)}
+    return {
+        "schema": SCHEMA,
+        "advisor_version": advisor.__version__,
+        "mode": "generative",
+        "status": "recommended" if recommendation else "no_slo_met",
+        "model": {"path": str(config.source), "sha256": _sha256(config.source), "llm": arch.to_dict()},
+        "slo": config.slo.to_dict(),
+        "workload": {**workload.to_dict(), "context": context},
+        "settings": {"qps": config.qps, "context": context, "gpu_memory_utilisation": config.gpu_memory_utilisation,
+                     "catalogs": [str(p) for p in config.catalog_paths], "providers": list(config.providers),
+                     "region": config.region},
+        "trials": [],
+        "ranking": rows,
+        "recommendation": recommendation,
+        "closest_miss": None,
+        "excluded": result.excluded,
+        "pareto": result.pareto,
+        "environment": environment(detect_targets(), started_at),
+    }
+
+
+def _why(rec: dict, runner_up: dict | None) -> str:
+    head = (f"{rec['precision']} weights, KV cache {rec['kv_cache_dtype']}, tensor parallel {rec['tensor_parallel']}"
+            f" x {rec['replicas']} replica(s), max {rec['max_num_seqs']} sequences: "
+            f"${rec['cost_per_million_output_tokens']:.3g} per million output tokens at "
+            f"{rec['goodput_rps']:.3g} requests/s meeting the SLOs")
+    if runner_up is None:
+        return head + "; no other instance meets the SLOs"
+    ratio = runner_up["cost_per_million_output_tokens"] / rec["cost_per_million_output_tokens"]
+    return head + (f"; the runner-up, {runner_up['instance']} ({runner_up['precision']}, TP "
+                   f"{runner_up['tensor_parallel']}), costs {ratio:.2f}x as much per token")
+
+
+def write_llm_report(report: dict, run_dir: Path, json_copy: Path | None) -> None:
+    from advisor.llm.summary import render_llm_markdown
+
+    write_json_atomic(run_dir / "report.json", report)
+    with tempfile.NamedTemporaryFile("w", dir=run_dir, delete=False, suffix=".partial", encoding="utf-8") as handle:
+        handle.write(render_llm_markdown(report))
+    Path(handle.name).replace(run_dir / "summary.md")
+    if json_copy is not None:
+        json_copy.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(json_copy, report)
+

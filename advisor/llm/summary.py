@@ -1,0 +1,92 @@
+"""The stdout table and the Markdown summary of a generative run, read from the report dict alone."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+TOP_ROWS = 12
+COLUMNS = ("#", "instance", "GPUs", "precision", "KV", "TP x replicas", "TTFT ms", "ITL ms", "req/s", "$/h",
+           "$/M out tok", "source")
+
+
+def _money(value) -> str:
+    return "-" if value is None else f"${value:,.4g}"
+
+
+def _slo_text(slo: dict) -> str:
+    parts = [f"TTFT <= {slo['ttft_ms']:g} ms" if slo.get("ttft_ms") else None,
+             f"ITL <= {slo['itl_ms']:g} ms" if slo.get("itl_ms") else None]
+    return f"{slo['percentile']} " + ", ".join(p for p in parts if p)
+
+
+def _cells(index: int, row: dict) -> list[str]:
+    return [str(index), row["instance"], f"{row['devices']}x {row['device']}", row["precision"],
+            row["kv_cache_dtype"], f"{row['tensor_parallel']} x {row['replicas']}",
+            f"{row['ttft_ms']:.0f} [{row['ttft_ms_interval'][0]:.0f}-{row['ttft_ms_interval'][1]:.0f}]",
+            f"{row['itl_ms']:.1f} [{row['itl_ms_interval'][0]:.1f}-{row['itl_ms_interval'][1]:.1f}]",
+            f"{row['goodput_rps']:.3g}", _money(row["price_per_hour"]),
+            _money(row["cost_per_million_output_tokens"]), row["source"]]
+
+
+def print_llm_summary(report: dict, run_dir: Path, console: Console | None = None) -> None:
+    console = console or Console(highlight=False, width=max(shutil.get_terminal_size((150, 40)).columns, 150))
+    slo = report["slo"]
+    table = Table(title=f"Instances by cost per million output tokens ({_slo_text(slo)}; "
+                        f"{report['model']['llm'].get('name', '')} at context {report['workload']['context']})")
+    for column in COLUMNS:
+        table.add_column(column, justify="right" if column in ("#", "GPUs", "req/s", "$/h", "$/M out tok") else "left")
+    for index, row in enumerate(report["ranking"][:TOP_ROWS], start=1):
+        table.add_row(*_cells(index, row))
+    console.print(table)
+    rec = report.get("recommendation")
+    if rec:
+        console.print(f"Recommendation: {rec['instance']} ({rec['devices']}x {rec['device']}) — {rec['why']}")
+        if rec.get("artifact"):
+            console.print(f"Artifact: {rec['artifact']} (launch.sh, k8s.yaml, bench.sh)")
+        elif rec.get("artifact_error"):
+            console.print(f"Artifact not written: {rec['artifact_error']}")
+    else:
+        reasons = {}
+        for entry in report.get("excluded") or []:
+            reasons.setdefault(entry["reason"], entry["instance"])
+        first = next(iter(reasons.items()), None)
+        detail = f"; e.g. {first[1]}: {first[0]}" if first else ""
+        console.print(f"No instance meets the SLOs{detail}")
+    console.print(f"JSON: {run_dir / 'report.json'}  Summary: {run_dir / 'summary.md'}")
+
+
+def _md(text) -> str:
+    return str(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def render_llm_markdown(report: dict) -> str:
+    slo = report["slo"]
+    llm = report["model"]["llm"]
+    rec = report.get("recommendation")
+    lines = []
+    if rec:
+        lines += [f"### advisor: serve {_md(llm.get('name', 'the model'))} on {_md(rec['instance'])} "
+                  f"({rec['devices']}x {_md(rec['device'])})", "",
+                  f"{_md(rec['why'])}.", "",
+                  f"Predicted at {rec['rate_rps']:.3g} requests/s per replica ({_md(rec['source'])}: "
+                  f"{_md(rec['efficiency_source'])}): TTFT {slo['percentile']} **{rec['ttft_ms']:.0f} ms** "
+                  f"[{rec['ttft_ms_interval'][0]:.0f}–{rec['ttft_ms_interval'][1]:.0f}], ITL **{rec['itl_ms']:.1f} "
+                  f"ms** [{rec['itl_ms_interval'][0]:.1f}–{rec['itl_ms_interval'][1]:.1f}] against "
+                  f"{_md(_slo_text(slo))}."]
+        if rec.get("instances_needed"):
+            lines += ["", f"**{rec['instances_needed']} instance(s)**, ${rec['monthly_cost']:,.0f}/month at "
+                          f"{report['settings']['qps']:g} requests/s."]
+    else:
+        lines += [f"### advisor: no instance meets {_md(_slo_text(slo))} for {_md(llm.get('name', 'the model'))}"]
+    lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_md(c) for c in _cells(i, r)) + " |"
+              for i, r in enumerate(report["ranking"][:TOP_ROWS], start=1)]
+    excluded = report.get("excluded") or []
+    if excluded:
+        lines += ["", f"**Excluded ({len(excluded)}):** " + "; ".join(
+            f"{_md(e['instance'])}: {_md(e['reason'])}" for e in excluded[:8]) + ("; …" if len(excluded) > 8 else "")]
+    return "\n".join(lines) + "\n"
