@@ -151,6 +151,7 @@ def test_fit_recovers_known_factors_from_synthetic_steps():
     assert fitted.interconnect == pytest.approx(0.7, rel=1e-6)
     assert fitted.step_overhead_ms == pytest.approx(0.4, abs=1e-6)
     assert fitted.source == "fitted on 23 measurements of H100 x2/vllm"
+    assert Efficiency.from_dict(json.loads(json.dumps(fitted.to_dict()))) == fitted
     # exact points: the band is the floor widened by 1 + 1/sqrt(23) = 1.2085
     assert fitted.relative_interval == pytest.approx((0.95 / 1.2085, 1.05 * 1.2085), rel=1e-3)
 

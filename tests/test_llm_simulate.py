@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from advisor.llm.perf import Device, Efficiency, ModelWork, StepModel, prior_efficiency
-from advisor.llm.simulate import (EngineConfig, SimulationError, Slos, capacity_rps, max_rate_meeting, simulate)
+from advisor.llm.simulate import (EngineConfig, SimResult, SimulationError, Slos, capacity_rps, max_rate_meeting,
+                                   simulate)
 from advisor.llm.workload import LengthDistribution, Workload, WorkloadError, load_workload
 
 UNIT = Efficiency(1.0, 1.0, 1.0, 0.0, (1.0, 1.0), "test: efficiency 1")
@@ -174,6 +175,8 @@ def test_meets_uses_the_pessimistic_end_and_to_dict_is_json():
     assert result.margin(Slos(p95[1] + 5, None, None, "p95"))["ttft_ms"] == pytest.approx(5)
     text = json.dumps(result.to_dict(), allow_nan=False)
     assert json.loads(text)["ttft_ms"]["interval"]["p95"] == pytest.approx(p95)
+    again = SimResult.from_dict(json.loads(text))
+    assert again.to_dict() == result.to_dict() and again.meets(Slos(p95[1] * 1.001, None, None, "p95"))
 
 
 def test_max_rate_meeting_finds_the_edge():
@@ -184,8 +187,23 @@ def test_max_rate_meeting_finds_the_edge():
     assert rate > 0 and result.meets(slos)
     assert result.rate_rps == pytest.approx(rate)
     assert not simulate(step, workload.at_rate(rate * 1.3), ROOMY).meets(slos)
+    # a bracket whose upper end still meets is widened: the same edge, within the bisection's few per cent
+    widened, _ = max_rate_meeting(step, workload, ROOMY, slos, hi=rate / 3)
+    assert widened == pytest.approx(rate, rel=0.1)
     impossible = Slos(ttft_ms=1.0, itl_ms=None, e2e_ms=None, percentile="p50")
     assert max_rate_meeting(step, workload, ROOMY, impossible)[0] == 0.0
+
+
+def test_a_slow_device_is_searched_with_enough_requests():
+    """5 TFLOPS and 50 GB/s: a 2,000-token prefill takes 2000 x 15.01e9 / 5e12 = 6.0 s, so the rough capacity is
+    about 0.1 requests/s and the bracket starts near 0.0005/s, where 600 s hold 0.3 requests on average. Probes
+    and the answer are stretched to 200 requests, so an SLO met unloaded gives a positive rate."""
+    step = StepModel(LLAMA_8B, Device("slow", 1, 5.0, 50.0, None, None), UNIT)
+    workload = Workload.fixed(2000, 50, 1.0, duration_s=600.0)
+    rate, result = max_rate_meeting(step, workload, ROOMY, Slos(ttft_ms=20_000, itl_ms=None, e2e_ms=None,
+                                                                percentile="p50"))
+    assert rate > 0 and result.meets(Slos(20_000, None, None, "p50"))
+    assert result.requests >= 150
 
 
 def test_thirty_minutes_at_4_rps_simulates_in_seconds():

@@ -148,6 +148,12 @@ class Efficiency:
         data["relative_interval"] = list(self.relative_interval)
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Efficiency:
+        """A stored fit (to_dict's output) read back."""
+        return cls(float(data["compute"]), float(data["bandwidth"]), float(data["interconnect"]),
+                   float(data["step_overhead_ms"]), tuple(data["relative_interval"]), str(data["source"]))
+
 
 @dataclass(frozen=True)
 class StepPoint:

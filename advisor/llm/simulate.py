@@ -181,6 +181,21 @@ class SimResult:
                 "warmup_s": self.warmup_s, "efficiency_source": self.efficiency_source,
                 "interval_method": self.interval_method}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> SimResult:
+        """The inverse of to_dict (without the per-request figures): null percentiles read back as nan, null upper
+        ends as unbounded."""
+        def metric(d: dict) -> dict:
+            return {**{p: math.nan if d[p] is None else float(d[p]) for p in PERCENTILES},
+                    "interval": {p: [math.nan if lo is None else float(lo), math.inf if hi is None else float(hi)]
+                                 for p, (lo, hi) in d["interval"].items()}}
+
+        names = {k for k in cls.__dataclass_fields__ if not k.startswith("_")}
+        values = {k: v for k, v in data.items() if k in names}
+        for key in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms"):
+            values[key] = metric(data[key])
+        return cls(**values)
+
 
 def _goodput(ttft, tpot, e2e, slos: Slos | None, window_s: float) -> float:
     ok = np.isfinite(e2e)
@@ -698,6 +713,7 @@ def capacity_rps(step: StepModel, workload: Workload, engine: EngineConfig) -> f
 
 
 PROBE_REQUESTS = 1500  # requests simulated per bisection probe (the final answer uses the whole workload)
+MIN_REQUESTS = 200  # at low rates the simulated duration is stretched to hold at least this many requests
 
 
 def max_rate_meeting(step: StepModel, workload: Workload, engine: EngineConfig, slos: Slos, *,
@@ -706,9 +722,10 @@ def max_rate_meeting(step: StepModel, workload: Workload, engine: EngineConfig, 
     """The highest arrival rate (requests/s) whose simulation meets the SLOs at the pessimistic end of its
     intervals, by bisection on a log scale to `tolerance` (relative): for cost per token at full load.
 
-    The bracket defaults to [capacity / 200, 1.5 x capacity] (capacity_rps). Probes simulate at most
+    The bracket defaults to [capacity / 200, 1.5 x capacity] (capacity_rps), its upper end doubled (up to four
+    times) while it still meets. Probes simulate at most
     PROBE_REQUESTS requests (a shorter duration) and skip the optimistic band run; the answer is then simulated
-    over the whole workload and, should that miss (a longer run sees rarer bursts), stepped down by 5 % up to
+    over the whole workload (stretched to at least MIN_REQUESTS requests at low rates) and, should that miss (a longer run sees rarer bursts), stepped down by 5 % up to
     five times. Returns (0.0, the result at `lo`) when even `lo` misses.
     """
     capacity = capacity_rps(step, workload, engine)
@@ -717,29 +734,35 @@ def max_rate_meeting(step: StepModel, workload: Workload, engine: EngineConfig, 
     if not 0 < lo < hi:
         raise SimulationError(f"the rate bracket must satisfy 0 < lo < hi, got lo={lo}, hi={hi}")
 
+    def at(rate: float, most: float = math.inf) -> Workload:
+        duration = max(min(workload.duration_s, most / rate), MIN_REQUESTS / rate)
+        return Workload(workload.prompt_tokens, workload.output_tokens, rate, workload.arrival,
+                        workload.shared_prefix_fraction, duration)
+
     def probe(rate: float) -> bool:
-        duration = min(workload.duration_s, PROBE_REQUESTS / rate)
-        trial = Workload(workload.prompt_tokens, workload.output_tokens, rate, workload.arrival,
-                         workload.shared_prefix_fraction, duration)
-        return _simulate(step, trial, engine, seed, slos, with_low=False).meets(slos)
+        return _simulate(step, at(rate, PROBE_REQUESTS), engine, seed, slos, with_low=False).meets(slos)
 
     if not probe(lo):
-        return 0.0, simulate(step, workload.at_rate(lo), engine, seed, slos=slos)
-    if probe(hi):
-        best = hi
+        return 0.0, simulate(step, at(lo), engine, seed, slos=slos)
+    good, bad = lo, hi
+    for _ in range(4):  # the rough capacity was too low: widen the bracket
+        if not probe(bad):
+            break
+        good, bad = bad, bad * 2
     else:
-        good, bad = lo, hi
+        bad = good  # still meeting at 24x the rough capacity: take that, do not search further
+    if good < bad:
         while bad / good > 1.0 + tolerance:
             middle = math.sqrt(good * bad)
             if probe(middle):
                 good = middle
             else:
                 bad = middle
-        best = good
-    result = simulate(step, workload.at_rate(best), engine, seed, slos=slos)
+    best = good
+    result = simulate(step, at(best), engine, seed, slos=slos)
     for _ in range(5):
         if result.meets(slos) or best * 0.95 < lo:
             break
         best *= 0.95
-        result = simulate(step, workload.at_rate(best), engine, seed, slos=slos)
+        result = simulate(step, at(best), engine, seed, slos=slos)
     return best, result
