@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,26 @@ def test_existing_run_without_resume_is_refused(cnn_run, cnn_path):
     _, out, _ = cnn_run
     result = invoke("recommend", cnn_path, "--slo", "50ms", "--out", out, *FAST)
     assert result.exit_code == 2 and "--resume" in one_line_error(result)
+
+
+@pytest.mark.slow
+@pytest.mark.tvm
+def test_budget_bounds_the_whole_run_tvm_tuning_and_artifact_included(cnn_path, tmp_path):
+    """--budget is a bound on the wall clock of the whole command, within +20 %: TVM would happily tune for
+    longer, and a slow build must be stopped rather than timed to the end."""
+    pytest.importorskip("tvm")
+    budget_s = 40
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", "from advisor.cli import main; main()", "recommend", str(cnn_path), "--slo", "50ms",
+         "--backends", "onnxruntime,tvm", "--budget", f"{budget_s}s", "--batch-sizes", "1,2", "--out",
+         str(tmp_path / "run"), "--quiet"], capture_output=True, text=True, timeout=600)
+    wall_s = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert {t["backend"] for t in report["trials"]} == {"onnxruntime", "tvm"}
+    assert report["recommendation"]["artifact"]
+    assert wall_s <= 1.2 * budget_s, f"took {wall_s:.1f} s on a budget of {budget_s} s"
 
 
 def test_nothing_meets_the_slo(mlp_path, tmp_path):
