@@ -21,7 +21,7 @@ from reports import formatting as fmt
 from reports import view
 from reports.markdown import render_markdown
 
-__all__ = ["render_html", "render_markdown", "write_reports"]
+__all__ = ["render_html", "render_llm_html", "render_markdown", "write_reports"]
 
 
 @lru_cache(maxsize=1)
@@ -56,6 +56,15 @@ def render_html(report: dict) -> str:
     context = view.build(report)
     return _environment().get_template("report.html.j2").render(
         **context, css=Markup(_asset("report.css")), script=Markup(script), csp=_csp(script))
+
+
+def render_llm_html(report: dict) -> str:
+    """The page of a generative run (`mode: generative`): verdict, ranked instances, exclusions, model and
+    workload. It runs no script at all."""
+    return _environment().get_template("llm_report.html.j2").render(
+        r=report, fmt=fmt, css=Markup(_asset("report.css")),
+        csp="default-src 'none'; style-src 'unsafe-inline'; img-src data:; script-src 'none'; base-uri 'none'; "
+            "form-action 'none'")
 
 
 def write_reports(report: dict, folder: Path) -> dict[str, Path]:

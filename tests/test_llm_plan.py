@@ -66,6 +66,9 @@ def test_llama_70b_is_planned_end_to_end(llama_70b_run):
     assert costs == sorted(costs) and report["ranking"][0]["instance"] == rec["instance"]
     assert any("needs" in e["reason"] and "GiB" in e["reason"] for e in report["excluded"])
     assert "Recommendation:" in result.output and (out / "summary.md").is_file()
+    page = (out / "report.html").read_text()
+    assert "<script" not in page and "script-src &#39;none&#39;" in page  # offline and inert
+    assert f"<h2 id=\"verdict-title\">{rec['instance']} —" in page and page.count('class="recommended"') == 1
 
 
 def test_the_serving_artifact_is_written_and_verifies(llama_70b_run):
@@ -102,6 +105,7 @@ def test_a_model_too_big_for_every_instance_is_exit_3_with_the_reason(tmp_path):
     [excluded] = report["excluded"]
     assert excluded["instance"] == "one-a10g" and "needs" in excluded["reason"] and "GiB" in excluded["reason"]
     assert "No instance meets the SLOs" in result.output
+    assert "one-a10g</b>: needs" in (tmp_path / "run" / "report.html").read_text()
 
 
 @pytest.mark.parametrize("args, message", [

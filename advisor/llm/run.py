@@ -5,8 +5,6 @@ prediction)."""
 from __future__ import annotations
 
 import hashlib
-import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,13 +179,14 @@ def _why(rec: dict, runner_up: dict | None) -> str:
 
 
 def write_llm_report(report: dict, run_dir: Path, json_copy: Path | None) -> None:
+    """report.json, then report.html and summary.md rendered from it, each written atomically; the --json copy."""
     from advisor.llm.summary import render_llm_markdown
+    from advisor.runfolder import write_atomic
+    from reports.render import render_llm_html
 
     write_json_atomic(run_dir / "report.json", report)
-    with tempfile.NamedTemporaryFile("w", dir=run_dir, delete=False, suffix=".partial", encoding="utf-8") as handle:
-        handle.write(render_llm_markdown(report))
-    Path(handle.name).replace(run_dir / "summary.md")
+    write_atomic(run_dir / "report.html", render_llm_html(report))
+    write_atomic(run_dir / "summary.md", render_llm_markdown(report))
     if json_copy is not None:
         json_copy.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(json_copy, report)
-

@@ -56,7 +56,7 @@ def print_llm_summary(report: dict, run_dir: Path, console: Console | None = Non
         first = next(iter(reasons.items()), None)
         detail = f"; e.g. {first[1]}: {first[0]}" if first else ""
         console.print(f"No instance meets the SLOs{detail}")
-    console.print(f"JSON: {run_dir / 'report.json'}  Summary: {run_dir / 'summary.md'}")
+    console.print(f"Report: {run_dir / 'report.html'}  JSON: {run_dir / 'report.json'}")
 
 
 def _md(text) -> str:
