@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from hwprofiles.targets import Target, detect_targets
 from tuners.base import TuneContext
 
 ARTIFACT_TIMEOUT_S = 1800.0  # compilers rebuild from their tuning records; that can take a while on 2 cores
+MIN_ARTIFACT_TIMEOUT_S = 15.0
+REPORT_RESERVE_S = 3.0  # ranking and rendering after the artifact
 EXIT_RECOMMENDED = 0
 EXIT_NO_SLO_MET = 3
 EXIT_NO_VALID_CANDIDATE = 4
@@ -54,6 +57,7 @@ def recommend(config: RecommendConfig, progress: Progress | None = None) -> RunR
 
 
 def _recommend(config: RecommendConfig, progress: Progress, export: run_export.RunExport | None) -> RunResult:
+    started = time.monotonic()  # --budget counts from here: analysis, tuning, ranking, the artifact and the report
     config, spec = _with_export(config, export)
     # validation first, silently: a bad input must produce exactly one line on stderr
     info = analyze(spec)
@@ -67,7 +71,7 @@ def _recommend(config: RecommendConfig, progress: Progress, export: run_export.R
             export.install(run_export.source_key(config.export.source))
             info = replace(info, path=export.result.onnx_path)  # it was analysed where it was staged
             _log_export(export, progress)
-        return _recommend_in(run, info, catalog, config, progress, export, remote)
+        return _recommend_in(run, info, catalog, config, progress, export, remote, Deadline(started + config.budget_s))
     except Exception as error:
         if not isinstance(error, UserError):
             log.exception("internal error")
@@ -107,16 +111,17 @@ def _remote_targets(config: RecommendConfig) -> tuple[Target, ...]:
 
 
 def _recommend_in(run: RunFolder, info: ModelInfo, catalog, config: RecommendConfig, progress: Progress,
-                  export: run_export.RunExport | None = None, remote: tuple[Target, ...] = ()) -> RunResult:
+                  export: run_export.RunExport | None = None, remote: tuple[Target, ...] = (),
+                  deadline: Deadline | None = None) -> RunResult:
     started_at = now_iso()
-    deadline = Deadline.after(config.budget_s)
+    deadline = deadline or Deadline.after(config.budget_s)
     progress.stage(f"{info.path.name}: {info.flops / 1e9:.3g} GFLOP, {info.params / 1e6:.3g} M parameters; "
                    f"run folder {run.path}")
     # devices the user named come first, so a tight --budget is spent on them before this machine
     targets = remote + detect_targets()
     log.info("targets: %s", [t.label for t in targets])
     info.shapes_at(config.slo_batch_size)  # a fixed-batch model cannot take --batch N: fail before tuning
-    outcome = tune_targets(run, info, config, targets, progress)
+    outcome = tune_targets(run, info, config, targets, progress, deadline)
     trials, statuses = outcome.trials, outcome.statuses
     if config.cluster:
         from advisor.cluster import tune_on_cluster
@@ -138,7 +143,8 @@ def _recommend_in(run: RunFolder, info: ModelInfo, catalog, config: RecommendCon
         ctx = artifact_context(chosen, targets, info, config, run)
         request = ArtifactRequest(chosen, ctx, config.slo, ranking.recommendation.to_dict())
         try:
-            artifact_path = build_artifact(request, run.path / "artifact", timeout_s=_artifact_timeout(config, deadline),
+            artifact_path = build_artifact(request, run.path / "artifact",
+                                           timeout_s=_artifact_timeout(config, deadline),
                                            log_path=run.workers_log)
         except RuntimeError as error:
             artifact_error = str(error)
@@ -154,9 +160,11 @@ def _recommend_in(run: RunFolder, info: ModelInfo, catalog, config: RecommendCon
 
 
 def _artifact_timeout(config: RecommendConfig, deadline: Deadline) -> float:
-    """What is left of --budget plus its 20 % tolerance (the tuning stopped at ARTIFACT_SHARE before the end), and
-    never less than a minute: an artifact cut short is no artifact."""
-    return min(ARTIFACT_TIMEOUT_S, max(60.0, deadline.remaining + 0.2 * config.budget_s))
+    """What is left of --budget plus its 20 % tolerance (the tuning stopped at ARTIFACT_SHARE before the end), less
+    the report's few seconds, and never less than MIN_ARTIFACT_TIMEOUT_S: a bound on the whole run, so a build
+    that needs longer fails with the reason (`artifact_error`) instead of overrunning it."""
+    return min(ARTIFACT_TIMEOUT_S,
+               max(MIN_ARTIFACT_TIMEOUT_S, deadline.remaining + 0.2 * config.budget_s - REPORT_RESERVE_S))
 
 
 def artifact_trial(row: dict, trials: list[Trial]) -> Trial:

@@ -135,18 +135,34 @@ class RunToRun:
     """How far two solo measurements of one configuration at one batch size, in two processes of this run,
     disagree (the search's and the sweep's), at least RUN_TO_RUN_FLOOR. A bootstrap interval only covers the
     sampling error of one process's window; a figure measured again a minute later in another process moves by
-    more, and the published interval must hold that too (bench/truth.py checks it against fresh processes)."""
+    more, and the published interval must hold that too (bench/truth.py checks it against fresh processes).
+
+    Beyond RUN_TO_RUN_CAP the machine was busy while it measured (another job took the cores for a while): the
+    intervals are widened by the cap only, and `busy` says the figures need a rerun on a quiet machine (a 35x
+    disagreement would otherwise make every row "borderline" and the verdict "nothing meets the SLO")."""
 
     factor: float
     pairs: int
     largest_observed: float | None
 
+    @property
+    def busy(self) -> bool:
+        return self.largest_observed is not None and self.largest_observed > RUN_TO_RUN_CAP
+
+    def note(self) -> str | None:
+        if not self.busy:
+            return None
+        return (f"one configuration measured {self.largest_observed:.1f}x apart in two processes of this run: the "
+                f"machine was busy while measuring; intervals are widened by {RUN_TO_RUN_CAP:g}x only; rerun on a "
+                f"quiet machine before relying on these figures")
+
     def to_dict(self) -> dict:
-        return {"factor": self.factor, "floor": RUN_TO_RUN_FLOOR, "pairs": self.pairs,
-                "largest_observed": self.largest_observed}
+        return {"factor": self.factor, "floor": RUN_TO_RUN_FLOOR, "cap": RUN_TO_RUN_CAP, "pairs": self.pairs,
+                "largest_observed": self.largest_observed, "busy": self.busy, "note": self.note()}
 
 
 RUN_TO_RUN_FLOOR = 1.2  # docs/NOTES: one configuration measured in two processes differs by 10-20 %
+RUN_TO_RUN_CAP = 2.0  # NOTES: "at times 2x when neighbours are busy"; beyond that a measurement is not a figure
 
 
 def run_to_run_factor(trials: Sequence[Trial], percentile: str) -> RunToRun:
@@ -157,7 +173,7 @@ def run_to_run_factor(trials: Sequence[Trial], percentile: str) -> RunToRun:
             figures.setdefault(key, []).append(trial.latency.at(percentile))
     ratios = [max(values) / min(values) for values in figures.values() if len(values) >= 2]
     largest = max(ratios, default=None)
-    return RunToRun(max(RUN_TO_RUN_FLOOR, largest or 0.0), len(ratios), largest)
+    return RunToRun(min(RUN_TO_RUN_CAP, max(RUN_TO_RUN_FLOOR, largest or 0.0)), len(ratios), largest)
 
 
 def _curves(trials: Sequence[Trial], run_to_run: float = 1.0) -> list[CandidateCurve]:

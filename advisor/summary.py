@@ -32,6 +32,9 @@ def print_summary(report: dict, run_dir: Path, console: Console | None = None) -
                       f"{low:.3f}-{high:.3f}", row.get("slo_verdict", "meets" if row["meets_slo"] else "misses"),
                       _money(row.get("price_per_hour")), _money(row.get("cost_per_million")))
     console.print(table)
+    noisy = ((report.get("costmodel") or {}).get("run_to_run") or {}).get("note")
+    if noisy:
+        console.print(f"Warning: {noisy}")
     recommendation = report.get("recommendation")
     if recommendation:
         console.print(f"Recommendation: {recommendation['instance']} with {recommendation['backend']} "

@@ -316,8 +316,8 @@ def sweep_sizes(info: ModelInfo, config: RecommendConfig) -> list[int]:
 
 
 def tune_targets(run: RunFolder, info: ModelInfo, config: RecommendConfig, targets,
-                 progress: Progress) -> TuningOutcome:
-    """Search, confirm and sweep every available backend on every target, within --budget.
+                 progress: Progress, deadline: Deadline | None = None) -> TuningOutcome:
+    """Search, confirm and sweep every available backend on every target, within what is left of --budget.
 
     ARTIFACT_SHARE of the budget is kept for the artifact; SEARCH_SHARE of the rest is split over the (backend,
     target) pairs by the registry's budget weights (a backend that finishes early leaves its remainder to the
@@ -325,7 +325,8 @@ def tune_targets(run: RunFolder, info: ModelInfo, config: RecommendConfig, targe
     """
     pairs, statuses = _available_pairs(config, targets)
     memory_limit = config.memory_limit_mib or psutil.virtual_memory().total / 2**20 * 0.8
-    tuning_s = config.budget_s * (1 - ARTIFACT_SHARE)
+    deadline = deadline or Deadline.after(config.budget_s)  # the whole run's: what analysis left of --budget
+    tuning_s = max(0.0, deadline.remaining - config.budget_s * ARTIFACT_SHARE)
     overall = Deadline.after(tuning_s)
     measurer = Measurer(run, info, config.harness, memory_limit, progress, overall, config.trial_timeout_s,
                         grace_s=max(2.0, WORKER_GRACE_SHARE * tuning_s))

@@ -218,7 +218,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per child")
     parser.add_argument("--min-calls", type=int, default=200)
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
-    parser.add_argument("--work", type=Path, help="keep the runs and artifacts in this folder (default: a temporary one)")
+    parser.add_argument("--work", type=Path,
+                        help="keep the runs and artifacts in this folder (default: a temporary one)")
     args = parser.parse_args()
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODELS]

@@ -95,6 +95,10 @@ def render_markdown(report: dict) -> str:
                          f"({fmt.ms(miss['latency_ms'] - slo['latency_ms'])} ms too slow).")
         else:
             lines.append("**No instance meets the SLO.**")
+    costmodel = _row_dict(report.get("costmodel")) or {}
+    noisy = (_row_dict(costmodel.get("run_to_run")) or {}).get("note")
+    if noisy:
+        lines += ["", f"**Warning:** {md(noisy)}."]
     rows = summary_rows([r for r in report.get("ranking") or [] if isinstance(r, dict)], rec)
     if rows:
         lines += ["", f"| # | instance | backend | source | {percentile} ms | 95% interval | SLO | $/h | batch | "

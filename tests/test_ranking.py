@@ -9,7 +9,7 @@ import pytest
 from advisor.costmodel import Hardware, relation
 from advisor.measure import LatencyStats
 from advisor.model import ModelSpec, analyze
-from advisor.ranking import RUN_TO_RUN_FLOOR, RankingInputs, matches, rank, run_to_run_factor
+from advisor.ranking import RUN_TO_RUN_CAP, RUN_TO_RUN_FLOOR, RankingInputs, matches, rank, run_to_run_factor
 from advisor.sizing import (BatchCurve, BatchPoint, batching_window_ms, cost_per_million, instances_needed,
                             memory_needed_gib, monthly_cost, throughput_per_s)
 from advisor.slo import Slo
@@ -216,7 +216,8 @@ def test_measured_machine_figures_use_the_cores_it_shows():
     assert hardware == c6a and hardware.cores == 2 and hardware.peak_gflops == pytest.approx(115.0)
     assert figures == "catalogue entry c6a.large"
     wider = target_hardware(Target("cpu", "cpu", ZEN3.__class__(**{**ZEN3.__dict__, "logical_cores": 4})), catalog)
-    assert wider[0].cores == 4 and wider[0].peak_gflops == pytest.approx(230.0) and wider[1] == "catalogue entry c6a.xlarge"
+    assert wider[0].cores == 4 and wider[0].peak_gflops == pytest.approx(230.0)
+    assert wider[1] == "catalogue entry c6a.xlarge"
 
 
 def test_a_tuned_tvm_build_is_recommended_only_where_it_was_compiled(info):
@@ -398,3 +399,14 @@ def test_a_line_that_does_not_fit_its_points_is_not_extrapolated():
     assert curve.max_batch_size == 8 and max(curve.fitted_batch_sizes()) < 8
     exact = [BatchPoint(b, 2.0 + b, (2.0 + b, 2.0 + b), 1.0 + b) for b in (1, 2, 4, 8)]
     assert BatchCurve.fit(exact).max_batch_size == 16  # a line that fits is followed up to 2x
+
+
+def test_a_busy_machine_widens_intervals_by_the_cap_and_says_so():
+    """The same configuration 35x apart in two processes (another job took the cores): the factor stops at the
+    cap, and the report says the figures need a quiet machine."""
+    search = [_trial("cpu", 1, 10.0, phase="search")]
+    sweep = [_trial("cpu", 1, 350.0, phase="sweep")]
+    spread = run_to_run_factor(search + sweep, "p99")
+    assert spread.largest_observed == pytest.approx(35.0, rel=0.05) and spread.factor == RUN_TO_RUN_CAP
+    assert spread.busy and "rerun on a quiet machine" in spread.note()
+    assert spread.to_dict()["busy"] and not run_to_run_factor(search, "p99").busy
