@@ -75,12 +75,18 @@ def build_artifact(request: ArtifactRequest, dest: Path, timeout_s: float, log_p
         "files": files,
     }
     write_json_atomic(dest / MANIFEST, manifest)
+    return publish_artifact(dest, final)
+
+
+def publish_artifact(partial: Path, final: Path) -> Path:
+    """Pack the finished folder `partial` as FINAL.tar.gz and move it to FINAL, each by a rename, so FINAL and its
+    tarball are only ever whole artifacts (an interrupted run leaves the previous ones)."""
     tarball = final.with_name(final.name + ".tar.gz")
-    partial = tarball.with_name(tarball.name + ".partial")
-    with tarfile.open(partial, "w:gz") as archive:
-        archive.add(dest, arcname=final.name)
+    tar_partial = tarball.with_name(tarball.name + ".partial")
+    with tarfile.open(tar_partial, "w:gz") as archive:
+        archive.add(partial, arcname=final.name)
     if final.exists():
         shutil.rmtree(final)
-    dest.rename(final)
-    partial.replace(tarball)
+    partial.rename(final)
+    tar_partial.replace(tarball)
     return final

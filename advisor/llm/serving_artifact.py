@@ -32,11 +32,11 @@ import os
 import re
 import shlex
 import shutil
-import tarfile
 from pathlib import Path
 
 import yaml
 
+from advisor.artifact import publish_artifact
 from advisor.checksums import file_sha256
 from advisor.environment import now_iso
 from advisor.llm.deployment import DeploymentError, LlmDeployment, mean_tokens
@@ -477,12 +477,4 @@ def write_serving_artifact(dep: LlmDeployment, dest: Path) -> Path:
     })
     for name in (*FILES, MANIFEST):  # write_atomic creates 0600 files; the scripts run, the rest is read
         os.chmod(partial / name, 0o755 if name.endswith(".sh") else 0o644)
-    tarball = final.with_name(final.name + ".tar.gz")
-    tar_partial = tarball.with_name(tarball.name + ".partial")
-    with tarfile.open(tar_partial, "w:gz") as archive:
-        archive.add(partial, arcname=final.name)
-    if final.exists():
-        shutil.rmtree(final)
-    partial.rename(final)
-    tar_partial.replace(tarball)
-    return final
+    return publish_artifact(partial, final)
