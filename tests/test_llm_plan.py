@@ -104,7 +104,11 @@ def test_a_model_too_big_for_every_instance_is_exit_3_with_the_reason(tmp_path):
     assert report["status"] == "no_slo_met" and report["recommendation"] is None and report["ranking"] == []
     [excluded] = report["excluded"]
     assert excluded["instance"] == "one-a10g" and "needs" in excluded["reason"] and "GiB" in excluded["reason"]
-    assert "No instance meets the SLOs" in result.output
+    # the closest miss is the smallest precision: int4 weights alone are over 8x the usable 21.6 GiB (24 GB x 0.9)
+    miss = report["closest_miss"]
+    assert miss["instance"] == "one-a10g" and miss["precision"] == "int4-wo" and miss["tensor_parallel"] == 1
+    assert miss["usable_gib_per_device"] == pytest.approx(24 * 0.9, abs=0.5) and miss["need_over_usable"] > 8
+    assert "No instance meets the SLOs; closest: one-a10g (int4-wo, TP 1) needs" in " ".join(result.output.split())
     assert "one-a10g</b>: needs" in (tmp_path / "run" / "report.html").read_text()
 
 

@@ -110,6 +110,8 @@ class Plan:
     rows: list[LlmRow]  # every candidate that fits and has a rate > 0, best (cheapest meeting the SLOs) first
     excluded: list[dict] = field(default_factory=list)  # {"instance", "reason"}: nothing fitted or met
     recommendation: LlmRow | None = None
+    # when nothing fits anywhere: the candidate that came closest in memory (need / usable per device, smallest)
+    closest_memory_miss: dict | None = None
     closest_miss: LlmRow | None = None
     pareto: list[str] = field(default_factory=list)
 
@@ -173,7 +175,9 @@ class _Candidate:
 class Planner:
     def __init__(self, request: PlanRequest):
         self.request = request
-        self._simulated: dict[tuple, tuple[float, SimResult, str, tuple[float, float]] | None] = {}
+        self._simulated: dict[tuple, tuple[float, SimResult, str] | None] = {}
+        self._memory_misses: list[dict] = []
+        self._anything_fitted = False
 
     def plan(self) -> Plan:
         rows: list[LlmRow] = []
@@ -185,8 +189,11 @@ class Planner:
             else:
                 excluded.append({"instance": instance.name, "reason": reason})
         meeting = sorted((r for r in rows if r.meets_slo), key=lambda r: r.cost_per_million_output_tokens)
+        # a memory miss is the closest only when nothing fitted at all (else the misses were on speed)
+        closest = None if meeting or self._anything_fitted else min(
+            self._memory_misses, key=lambda m: m["need_over_usable"], default=None)
         return Plan(rows=meeting, excluded=excluded, recommendation=meeting[0] if meeting else None,
-                    pareto=pareto_frontier(meeting))
+                    pareto=pareto_frontier(meeting), closest_memory_miss=closest)
 
     def _instance(self, instance: Instance) -> tuple[list[LlmRow], str | None]:
         """The instance's cheapest candidate meeting the SLOs (one row), or why it has none.
@@ -227,6 +234,17 @@ class Planner:
             return [], _summarise(reasons)
         return [best], None
 
+    def _memory_miss(self, instance: Instance, precision: Precision, kv_dtype: str, memory: MemoryFit) -> None:
+        """A candidate that does not fit, with how far: what one sequence at the context needs per device against
+        what the device can use."""
+        need = memory.weights_gib + memory.activation_gib + memory.overhead_gib + memory.kv_gib_per_sequence
+        self._memory_misses.append({
+            "instance": instance.name, "precision": precision.name, "kv_cache_dtype": kv_dtype,
+            "tensor_parallel": memory.tensor_parallel, "needed_gib_per_device": round(need, 2),
+            "usable_gib_per_device": round(memory.usable_gib, 2),
+            "need_over_usable": round(need / memory.usable_gib, 3) if memory.usable_gib > 0 else float("inf"),
+            "reason": memory.reason})
+
     def _step(self, device: Device, candidate: _Candidate) -> StepModel:
         efficiency = prior_efficiency(device.name, ENGINE)
         return StepModel(model_work(self.request.arch, candidate.precision, candidate.kv_dtype), device, efficiency)
@@ -263,7 +281,9 @@ class Planner:
                                  kind="gpu" if instance.gpu is not None else "cpu")
                     if not memory.fits:
                         reasons.append(memory.reason or "does not fit")
+                        self._memory_miss(instance, precision, kv_dtype, memory)
                         continue
+                    self._anything_fitted = True
                     kv_tokens = int(memory.max_concurrent_sequences * request.context)
                     for seqs, chunk in ENGINE_SETTINGS:
                         engine = EngineConfig(max_num_seqs=max(1, min(seqs, memory.max_concurrent_sequences)),

@@ -159,7 +159,7 @@ def build_llm_report(config: LlmRecommendConfig, arch: LlmArchitecture, workload
         "trials": [],
         "ranking": rows,
         "recommendation": recommendation,
-        "closest_miss": None,
+        "closest_miss": result.closest_memory_miss,
         "excluded": result.excluded,
         "pareto": result.pareto,
         "environment": environment(detect_targets(), started_at),

@@ -50,11 +50,14 @@ def print_llm_summary(report: dict, run_dir: Path, console: Console | None = Non
         elif rec.get("artifact_error"):
             console.print(f"Artifact not written: {rec['artifact_error']}")
     else:
-        reasons = {}
-        for entry in report.get("excluded") or []:
-            reasons.setdefault(entry["reason"], entry["instance"])
-        first = next(iter(reasons.items()), None)
-        detail = f"; e.g. {first[1]}: {first[0]}" if first else ""
+        miss = report.get("closest_miss")
+        if miss:
+            detail = (f"; closest: {miss['instance']} ({miss['precision']}, TP {miss['tensor_parallel']}) needs "
+                      f"{miss['needed_gib_per_device']:g} GiB per device for one sequence, "
+                      f"{miss['need_over_usable']:.2f}x the {miss['usable_gib_per_device']:g} GiB it can use")
+        else:
+            first = next(iter(report.get("excluded") or []), None)
+            detail = f"; e.g. {first['instance']}: {first['reason']}" if first else ""
         console.print(f"No instance meets the SLOs{detail}")
     console.print(f"Report: {run_dir / 'report.html'}  JSON: {run_dir / 'report.json'}")
 
