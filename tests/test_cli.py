@@ -10,22 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from advisor.cli import cli
+from cli_helpers import invoke, one_line_error
 
 FAST = ["--backends", "onnxruntime", "--budget", "60s", "--min-time", "0.2s", "--batch-sizes", "1,2", "--quiet"]
 REPO = Path(__file__).resolve().parent.parent
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_line_error(result) -> str:
-    assert result.output.startswith("advisor: error:"), result.output
-    assert result.output.count("\n") == 1, result.output
-    return result.output
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from advisor.checksums import file_sha256
-from advisor.cli import cli
 from advisor.llm.deployment import DeploymentError, LlmDeployment
 from advisor.llm.serving_artifact import (FILES, benchmark_command, check_flags, kubernetes_manifest, render_files,
                                           script_command, vllm_command, write_serving_artifact)
 from advisor.llm.verify_llm import ServingArtifactError, live_check_note, verify_serving_artifact
+from cli_helpers import invoke, one_line_error
 
 MODEL = "meta-llama/Llama-3.1-70B-Instruct"
 
@@ -52,16 +51,6 @@ def bench_line(url: str) -> list[str]:
             "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,95,99",
             "--goodput", "ttft:800", "tpot:60", "--seed", "0", "--save-result", "--result-filename",
             "advisor-bench.json"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_line_error(result) -> str:
-    assert result.output.startswith("advisor: error:"), result.output
-    assert result.output.count("\n") == 1, result.output
-    return result.output
 
 
 @pytest.fixture

@@ -7,24 +7,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from advisor.cli import cli
+from cli_helpers import invoke, one_line_error
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "llm"
 LLAMA_70B = EXAMPLES / "llama-3.1-70b"
 LLAMA_8B = EXAMPLES / "llama-3.1-8b"
 NO_FP8 = {"T4", "A10G", "A100"}
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_line_error(result) -> str:
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

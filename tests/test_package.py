@@ -9,19 +9,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 from filelock import FileLock
 
-from advisor.cli import cli
 from advisor.cli.package_cmd import default_dest
+from cli_helpers import invoke
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = REPO / "examples" / "tiny_cnn.onnx"
 TOO_SMALL = "tiny.mem"  # a catalogue instance whose memory cannot hold the model: excluded from the ranking
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def error_line(result) -> str:

@@ -16,9 +16,7 @@ from pathlib import Path
 
 import models
 import pytest
-from click.testing import CliRunner
 
-from advisor.cli import cli
 from advisor.executor import ExecutionLimits, MeasureJob, ensure_reference, run_job
 from advisor.measure import HarnessSettings
 from advisor.model import ModelSpec, analyze
@@ -33,6 +31,7 @@ from tuners import tvm_rpc  # noqa: E402  (needs the skips above first)
 from tuners.onnxruntime import OnnxRuntimeTuner  # noqa: E402
 from tuners.tensorrt import TensorRtTuner  # noqa: E402
 from tuners.tvm import TvmTuner  # noqa: E402
+from cli_helpers import invoke  # noqa: E402
 
 KEY = "advisor-test"
 HOST = "127.0.0.1"  # loopback only
@@ -123,10 +122,6 @@ def _measure(candidates, ctx: TuneContext, tmp_path: Path, timeout_s: float = 30
 
 def _loads(server_log: Path, name: str) -> int:
     return sum(1 for line in server_log.read_text().splitlines() if "load_module" in line and name in line)
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def one_line_error(result) -> str:
