@@ -131,13 +131,12 @@ def _device(instance: Instance, precision: Precision, tensor_parallel: int) -> D
         return Device(instance.cpu.microarchitecture, 1, dtype_gflops / 1000.0, instance.peak.bandwidth_gbs, None,
                       None)
     gpu = instance.gpu
-    peak = gpu.peak_tflops(precision.compute_dtype) if hasattr(gpu, "peak_tflops") else None
-    bandwidth = getattr(gpu, "memory_bandwidth_gbs", None)
-    if not peak or not bandwidth:
+    peak = gpu.peak_tflops(precision.compute_dtype)
+    if not peak or not gpu.memory_bandwidth_gbs:
         return None
-    link = getattr(gpu, "interconnect", None)
-    return Device(gpu.model, tensor_parallel, peak, bandwidth, link.bandwidth_gbs if link and tensor_parallel > 1
-                  else None, link.kind if link and tensor_parallel > 1 else None)
+    link = gpu.interconnect if tensor_parallel > 1 else None
+    return Device(gpu.model, tensor_parallel, peak, gpu.memory_bandwidth_gbs, link.bandwidth_gbs if link else None,
+                  link.kind if link else None)
 
 
 def kv_choices(precision: Precision) -> list[str]:
