@@ -381,7 +381,7 @@ def test_a_crashing_tvm_worker_is_a_failed_trial(cpu, small_cnn, tmp_path):
     out = tmp_path / "run"
     result = subprocess.run([sys.executable, "-c", "from advisor.cli import main; main()", "recommend",
                              str(small_cnn), "--slo", "1s",
-                             "--backends", "onnxruntime,crashtvm", "--budget", "25s", "--min-time", "0.05s",
+                             "--backends", "onnxruntime,crashtvm", "--budget", "120s", "--min-time", "0.05s",
                              "--batch-sizes", "1", "--no-artifact", "-q", "--out", str(out)],
                             env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
