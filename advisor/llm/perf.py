@@ -317,37 +317,83 @@ class FitError(ValueError):
     """Too few or unusable measurements to fit efficiency factors; one line."""
 
 
+@dataclass(frozen=True)
+class FitGroup:
+    """Measured steps of one model (ModelWork) on one tensor-parallel group (Device): one unit of a joint fit."""
+
+    work: ModelWork
+    device: Device
+    points: tuple[StepPoint, ...]
+
+
 def fit_efficiency(points: list[StepPoint], work: ModelWork, device: Device, *,
                    prior: Efficiency | None = None, engine: str = "vllm") -> Efficiency:
-    """Learn the efficiency factors of `device` from measured step times.
+    """Learn the efficiency factors of `device` from measured step times of one model: `fit_efficiency_jointly`
+    with a single group (its docstring has the method)."""
+    return fit_efficiency_jointly([FitGroup(work, device, tuple(points))], prior=prior, engine=engine)
+
+
+def fit_efficiency_jointly(groups: list[FitGroup], *, prior: Efficiency | None = None,
+                           engine: str = "vllm") -> Efficiency:
+    """Learn one set of efficiency factors from measured step times of several models, precisions or
+    tensor-parallel degrees (each group its own ModelWork and Device) on one kind of device and engine.
 
     measured_ms - latency = max(a * Tc, b * Tm) + c * Ti + overhead, with Tc, Tm, Ti the compute, memory and
-    interconnect-bandwidth times at efficiency 1 (StepModel) and a, b, c the inverse efficiencies; the all-reduce
-    latency term is the stated alpha, not fitted. The max makes the model piecewise linear: each point is assigned
-    to its bound term, the linear model is solved by non-negative least squares on relative error (rows divided by
-    the measurement: a 5 ms decode step counts as much as a 500 ms prefill), points are reassigned with the new
-    factors, until the assignment holds (from two starts: the prior's ratio and efficiency 1; the smaller error
-    wins). A factor that no point exercises (no compute-bound point, a single device) keeps the prior's value.
+    interconnect-bandwidth times at efficiency 1 (StepModel of the point's own group) and a, b, c the inverse
+    efficiencies; the all-reduce latency term is the stated alpha, not fitted. The factors and the per-step overhead
+    are shared by every group: they describe the engine on that device, not the model. The max makes the model
+    piecewise linear: each point is assigned to its bound term, the linear model is solved by non-negative least
+    squares on relative error (rows divided by the measurement: a 5 ms decode step counts as much as a 500 ms
+    prefill), points are reassigned with the new factors, until the assignment holds (from two starts: the prior's
+    ratio and efficiency 1; the smaller error wins). A factor that no point exercises (no compute-bound point, a
+    single device) keeps the prior's value (the prior of the first group's device by default).
     The band is the 2.5-97.5 % range of measured / predicted, at least FIT_BAND_FLOOR and widened by
     1 + 1/sqrt(N) for N points, because it is measured on the points it was fitted to.
     """
-    from scipy.optimize import nnls
-
-    if len(points) < FIT_MIN_POINTS:
-        raise FitError(f"fitting efficiency factors needs at least {FIT_MIN_POINTS} measured steps, got "
-                       f"{len(points)}")
-    if any(not p.measured_ms > 0 for p in points):
+    groups = [g for g in groups if g.points]
+    count = sum(len(g.points) for g in groups)
+    if count < FIT_MIN_POINTS:
+        raise FitError(f"fitting efficiency factors needs at least {FIT_MIN_POINTS} measured steps, got {count}")
+    if any(not p.measured_ms > 0 for g in groups for p in g.points):
         raise FitError("every measured step time must be positive")
-    prior = prior or prior_efficiency(device.name, engine)
-    unit = StepModel(work, device, Efficiency(1.0, 1.0, 1.0, 0.0, (1.0, 1.0), "unit"))
-    rows = [unit._terms(p.prefill_tokens, p.prefill_context, p.decode_sequences, p.decode_context_tokens)
-            for p in points]
-    tc = np.array([f * unit._ms_per_flop for f, _, _ in rows])
-    tm = np.array([float(b) * unit._ms_per_byte for _, b, _ in rows])
-    ti = np.array([unit._comm_ms_per_token * t for _, _, t in rows])
-    y = np.array([p.measured_ms for p in points]) - unit._comm_fixed_ms
-    weight = 1.0 / np.array([p.measured_ms for p in points])
+    prior = prior or prior_efficiency(groups[0].device.name, engine)
+    tc, tm, ti, y, measured = [], [], [], [], []
+    for group in groups:
+        unit = StepModel(group.work, group.device, Efficiency(1.0, 1.0, 1.0, 0.0, (1.0, 1.0), "unit"))
+        for p in group.points:
+            flops, traffic, tokens = unit._terms(p.prefill_tokens, p.prefill_context, p.decode_sequences,
+                                                 p.decode_context_tokens)
+            tc.append(flops * unit._ms_per_flop)
+            tm.append(float(traffic) * unit._ms_per_byte)
+            ti.append(unit._comm_ms_per_token * tokens)
+            y.append(p.measured_ms - unit._comm_fixed_ms)
+            measured.append(p.measured_ms)
+    tc, tm, ti, y = np.array(tc), np.array(tm), np.array(ti), np.array(y)
+    weight = 1.0 / np.array(measured)
     prior_inv = np.array([1 / prior.compute, 1 / prior.bandwidth, 1 / prior.interconnect])
+    inv, overhead = _solve_piecewise(tc, tm, ti, y, weight, prior_inv)
+    efficiency = np.clip(1.0 / inv, 1e-3, 1.5)
+    fitted = Efficiency(*(float(e) for e in efficiency), overhead, (1.0, 1.0), "fit")
+    ratio = np.array([p.measured_ms / StepModel(g.work, g.device, fitted).step_ms(
+        p.prefill_tokens, p.prefill_context, p.decode_sequences, p.decode_context_tokens)
+        for g in groups for p in g.points])
+    widen = 1.0 + 1.0 / math.sqrt(count)
+    lo = min(float(np.quantile(ratio, 0.025)), FIT_BAND_FLOOR[0]) / widen
+    hi = max(float(np.quantile(ratio, 0.975)), FIT_BAND_FLOOR[1]) * widen
+    if len(groups) == 1:
+        device = groups[0].device
+        where = f"{device.name} x{device.count}"
+    else:
+        where = ", ".join(dict.fromkeys(f"{g.device.name} x{g.device.count}" for g in groups))
+    return Efficiency(fitted.compute, fitted.bandwidth, fitted.interconnect, overhead, (lo, hi),
+                      f"fitted on {count} measurements of {where}/{engine}")
+
+
+def _solve_piecewise(tc: np.ndarray, tm: np.ndarray, ti: np.ndarray, y: np.ndarray, weight: np.ndarray,
+                     prior_inv: np.ndarray) -> tuple[np.ndarray, float]:
+    """The inverse efficiencies (compute, bandwidth, interconnect) and the overhead that minimise the relative
+    squared error of y ~ max(a tc, b tm) + c ti + overhead (fit_efficiency_jointly's docstring)."""
+    from scipy.optimize import nnls
 
     def solve(compute_bound: np.ndarray) -> tuple[np.ndarray, float]:
         columns = [np.where(compute_bound, tc, 0.0), np.where(compute_bound, 0.0, tm), ti]
@@ -363,8 +409,7 @@ def fit_efficiency(points: list[StepPoint], work: ModelWork, device: Device, *,
         inv = prior_inv.copy()
         for j, i in enumerate(free):
             inv[i] = solution[j] if solution[j] > 0 else prior_inv[i]
-        overhead = float(solution[-1])
-        return inv, overhead
+        return inv, float(solution[-1])
 
     best = None
     for start in (prior_inv[0] * tc > prior_inv[1] * tm, tc > tm):
@@ -379,14 +424,4 @@ def fit_efficiency(points: list[StepPoint], work: ModelWork, device: Device, *,
         error = float(np.sum(((y - predicted) * weight) ** 2))
         if best is None or error < best[0]:
             best = (error, inv, overhead)
-    _, inv, overhead = best
-    efficiency = np.clip(1.0 / inv, 1e-3, 1.5)
-    model = StepModel(work, device, Efficiency(*efficiency, overhead, (1.0, 1.0), "fit"))
-    ratio = np.array([p.measured_ms / model.step_ms(p.prefill_tokens, p.prefill_context, p.decode_sequences,
-                                                     p.decode_context_tokens) for p in points])
-    widen = 1.0 + 1.0 / math.sqrt(len(points))
-    lo = min(float(np.quantile(ratio, 0.025)), FIT_BAND_FLOOR[0]) / widen
-    hi = max(float(np.quantile(ratio, 0.975)), FIT_BAND_FLOOR[1]) * widen
-    return Efficiency(float(efficiency[0]), float(efficiency[1]), float(efficiency[2]), overhead, (lo, hi),
-                      f"fitted on {len(points)} measurements of {device.name} x{device.count}/{engine}")
-
+    return best[1], best[2]
