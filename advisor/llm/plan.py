@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 from advisor.llm.architecture import LlmArchitecture
 from advisor.llm.memory import MemoryFit, fit, tensor_parallel_degrees
-from advisor.llm.perf import Device, ModelWork, StepModel, prior_efficiency
+from advisor.llm.calibration import efficiency_for, load_measurements
+from advisor.llm.perf import Device, Efficiency, ModelWork, StepModel
 from advisor.llm.precision import PRECISIONS, DeviceCaps, GPU_COMPUTE_CAPABILITY, Precision, \
     kv_unsupported_reason
 from advisor.llm.simulate import EngineConfig, SimResult, Slos, capacity_rps, max_rate_meeting
@@ -60,6 +61,9 @@ class PlanRequest:
     catalog: Catalog
     qps: float | None = None
     gpu_memory_utilisation: float = GPU_MEMORY_UTILISATION
+    # LlmMeasurement records the efficiency factors are fitted from (advisor.llm.calibration); empty: the stored
+    # ones (hwprofiles/measurements/llm), loaded once per plan. load_measurements(paths) adds a user's to those.
+    measurements: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,8 @@ class Planner:
         self._simulated: dict[tuple, tuple[float, SimResult, str] | None] = {}
         self._memory_misses: list[dict] = []
         self._anything_fitted = False
+        self._measurements = tuple(request.measurements) or tuple(load_measurements())
+        self._efficiency: dict[str, Efficiency] = {}  # per device name: one calibration per plan
 
     def plan(self) -> Plan:
         rows: list[LlmRow] = []
@@ -245,7 +251,9 @@ class Planner:
             "reason": memory.reason})
 
     def _step(self, device: Device, candidate: _Candidate) -> StepModel:
-        efficiency = prior_efficiency(device.name, ENGINE)
+        if device.name not in self._efficiency:
+            self._efficiency[device.name] = efficiency_for(device.name, ENGINE, self._measurements)
+        efficiency = self._efficiency[device.name]
         return StepModel(model_work(self.request.arch, candidate.precision, candidate.kv_dtype), device, efficiency)
 
     def _misses_unloaded(self, step: StepModel, candidate: _Candidate) -> str | None:
