@@ -307,6 +307,16 @@ class Scheduler:
             self._cond.notify_all()
 
     def run(self) -> None:
+        """The scheduler thread. Should it die of a bug, the server stops accepting (503) instead of hanging."""
+        try:
+            self._loop()
+            self._abort_all(ApiError(503, "server stopped before the request finished", "unavailable"))
+        except Exception as error:
+            log.exception("the scheduler failed; the server no longer accepts requests")
+            self.close()
+            self._abort_all(ApiError(500, f"the scheduler failed: {type(error).__name__}: {error}", "server_error"))
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 while not (self._closing or self._cancels or self._running or self._waiting and self._has_room()):
@@ -329,7 +339,6 @@ class Scheduler:
                 self._admit(job)
             if self._running:
                 self._step()
-        self._abort_all()
 
     def _has_room(self, admitting: int = 0) -> bool:
         return self._engine.active + admitting < self._engine.max_batch_size
@@ -384,15 +393,14 @@ class Scheduler:
             self._admitted -= 1
             self._cond.notify_all()
 
-    def _abort_all(self) -> None:
-        stopped = ApiError(503, "server stopped before the request finished", "unavailable")
+    def _abort_all(self, error: ApiError) -> None:
         for sequence_id, job in list(self._running.items()):
             self._cancel_quietly(sequence_id)
-            self._fail(job, stopped)
+            self._fail(job, error)
         with self._cond:
             waiting, self._waiting = list(self._waiting), deque()
         for job in waiting:
-            job.events.put(Failure(stopped))
+            job.events.put(Failure(error))
 
 
 # ---- HTTP ----
@@ -419,13 +427,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self):
         super().setup()
-        self.app._connections.add(self.connection)
+        with self.app._lock:
+            self.app._connections.add(self.connection)
 
     def finish(self):
         try:
             super().finish()
         finally:
-            self.app._connections.discard(self.connection)
+            with self.app._lock:
+                self.app._connections.discard(self.connection)
 
     def log_message(self, format, *args):
         log.debug("%s " + format, self.address_string(), *args)
@@ -550,6 +560,7 @@ class _Handler(BaseHTTPRequestHandler):
         decoder = self.app.engine.new_decoder()
         self.app.scheduler.submit(job)
         self.app._count_in_flight(+1)
+        self._client_checked_at = time.monotonic()
         finished = False
         try:
             response = _StreamedResponse(self, call) if call.stream else _WholeResponse(self, call)
@@ -568,16 +579,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.app._count_in_flight(-1)
 
     def _next_event(self, job: Job, deadline: float) -> TokenEvent | Failure:
+        """The job's next event; checks every _CLIENT_CHECK_S, busy or idle, that the client is still there."""
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            now = time.monotonic()
+            if now - self._client_checked_at >= _CLIENT_CHECK_S:
+                self._client_checked_at = now
+                if self._client_gone():
+                    raise _ClientGone()
+            if now >= deadline:
                 return Failure(ApiError(504, f"request took longer than {self.app.settings.request_timeout_s:g} s "
                                         "and was cancelled", "timeout"))
             try:
-                return job.events.get(timeout=min(_CLIENT_CHECK_S, left))
+                return job.events.get(timeout=min(_CLIENT_CHECK_S, deadline - now))
             except queue.Empty:
-                if self._client_gone():
-                    raise _ClientGone() from None
+                pass
 
     def _client_gone(self) -> bool:
         """True when the client closed its end: the socket reads as end-of-file (or was reset)."""
@@ -702,8 +717,9 @@ class OpenAIServer:
         self.started_at = int(time.time())
         self._connections: set[socket.socket] = set()
         self._in_flight = 0  # generation requests whose thread has not written its last byte
-        self._in_flight_lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _connections and _in_flight
         self._httpd: _HTTPServer | None = None
+        self._address: tuple[str, int] | None = None
         self._threads: list[threading.Thread] = []
 
     def start(self) -> OpenAIServer:
@@ -718,13 +734,15 @@ class OpenAIServer:
                                           name="llm-http", daemon=True)]
         for thread in self._threads:
             thread.start()
+        self._address = self._httpd.server_address[:2]
         return self
 
     @property
     def url(self) -> str:
-        if self._httpd is None:
-            raise RuntimeError("the server is not started")
-        host, port = self._httpd.server_address[:2]
+        """http://host:port, with the port actually bound (settings.port 0 picks a free one)."""
+        if self._address is None:
+            raise RuntimeError("the server was never started")
+        host, port = self._address
         return f"http://{host}:{port}"
 
     def stop(self, drain_s: float = 5) -> None:
@@ -743,7 +761,9 @@ class OpenAIServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         http_thread.join(_SCHEDULER_JOIN_S)
-        for connection in list(self._connections):  # idle keep-alive connections: wake their threads
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:  # idle keep-alive connections: wake their threads
             try:
                 connection.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -751,7 +771,7 @@ class OpenAIServer:
         self._httpd = None
 
     def _count_in_flight(self, change: int) -> None:
-        with self._in_flight_lock:
+        with self._lock:
             self._in_flight += change
 
     def _wait_for_handlers(self, timeout_s: float) -> None:
