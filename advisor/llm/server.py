@@ -49,7 +49,7 @@ class ServerSettings:
     port: int = 8000  # 0: any free port (see OpenAIServer.url)
     max_queue: int = 64  # requests waiting for a batch slot; one more is answered 429
     request_timeout_s: float = 600  # from arrival to the last token; past it the request is cancelled (504)
-    default_max_tokens: int = 16  # OpenAI's default for /v1/completions
+    default_max_tokens: int = 16  # when a request names none, on both endpoints (OpenAI's /v1/completions default)
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:
