@@ -656,3 +656,237 @@ def roofline(peak_gflops, bandwidth_gbs, achieved: RooflinePoint | None, classes
                  size=12, anchor=anchor, fill=SERIES[0], weight="600", stroke="#ffffff", stroke_width=3.5,
                  paint_order="stroke")
     return svg.markup()
+
+
+# ---- generative runs: fit map, latency against load, Pareto ---------------------------------------------------
+
+
+def _context_label(tokens: float) -> str:
+    """1024 -> 1k, 131072 -> 128k; other lengths as they are (4,000)."""
+    tokens = int(tokens)
+    return f"{tokens // 1024}k" if tokens >= 1024 and tokens % 1024 == 0 else f"{tokens:,}"
+
+
+def llm_fit_map(fit_map: Sequence[dict] | None, *, max_num_seqs: int | None = None) -> Markup:
+    """The concurrent sequences one replica's KV cache holds against the context length (log-log), the planned
+    context marked, the engine's max_num_seqs as a line (the engine runs no more at once, whatever fits)."""
+    points = sorted((p for p in fit_map or () if _number(p.get("context")) and p["context"] > 0
+                     and _number(p.get("max_concurrent_sequences"))), key=lambda p: p["context"])
+    fitting = [p for p in points if p["max_concurrent_sequences"] >= 1]
+    if not fitting:
+        return note("No fit map: there is no recommended configuration.")
+    width, height = 960, 360
+    frame = Frame(84, 58, width - 28, height - 58)
+    contexts = [p["context"] for p in points]
+    x = Scale(min(contexts) / 1.4, max(contexts) * 1.4, frame.left, frame.right, log=True)
+    counts = [p["max_concurrent_sequences"] for p in fitting]
+    cap_shown = _number(max_num_seqs) and max_num_seqs > 0
+    y = auto_scale(counts + ([max_num_seqs] if cap_shown else []), frame.bottom, frame.top, log=True)
+    svg = Svg(width, height, "Concurrent sequences the KV cache holds per replica, against the context length")
+    axes(svg, frame, x, y, x_title="context length (tokens per sequence, log scale)",
+         y_title="max concurrent sequences (log)", x_fmt=_context_label, x_ticks=contexts)
+    placer = _Labels(frame)
+    if cap_shown:
+        py = y.clamp(max_num_seqs)
+        svg.line(frame.left, py, frame.right, py, MUTED, 1.4, stroke_dasharray="6 4")
+        text = f"engine cap: max_num_seqs {max_num_seqs}"
+        svg.text(frame.right - 6, py - 6, text, size=11.5, anchor="end", fill=MUTED, weight="600", **HALO)
+        placer.reserve(frame.right - 6, py - 6, text, 11.5, "end")
+    svg.polyline([(x(p["context"]), y(p["max_concurrent_sequences"])) for p in fitting], SERIES[0], 2.2)
+    placer.boxes += [(x(p["context"]) - 6, y(p["max_concurrent_sequences"]) - 6, x(p["context"]) + 6,
+                      y(p["max_concurrent_sequences"]) + 6) for p in fitting]
+    for p in points:
+        px, count = x(p["context"]), p["max_concurrent_sequences"]
+        per_instance = p.get("max_concurrent_sequences_per_instance")
+        also = f", {per_instance:,} per instance" if _number(per_instance) and per_instance != count else ""
+        if count < 1:
+            svg.open("g", tooltip=f"context {p['context']:,}: not one sequence fits the KV cache")
+            svg.text(px, frame.bottom - 8, "×", size=16, anchor="middle", fill=MISSES, weight="700")
+            svg.close()
+            continue
+        py = y(count)
+        svg.open("g", tooltip=f"context {p['context']:,} tokens: {count:,} sequences per replica{also}")
+        svg.add("circle", cx=px, cy=py, r=7 if p.get("configured") else 4.5, fill=SERIES[0], stroke="#ffffff",
+                stroke_width=1.5)
+        svg.close()
+        if p.get("configured"):
+            svg.add("circle", cx=px, cy=py, r=11, fill="none", stroke=INK, stroke_width=1.5)
+            placer.place(svg, px, py, f"planned context {_context_label(p['context'])}: {count:,} sequences", INK)
+    items = [LegendItem("sequences per replica", "dot", SERIES[0]), LegendItem("planned context", "ring", INK)]
+    if cap_shown:
+        items.append(LegendItem("max_num_seqs", "dash", MUTED))
+    if len(fitting) < len(points):
+        items.append(LegendItem("× not one sequence fits", "line", MISSES))
+    legend(svg, frame.left, 24, items, max_x=frame.right)
+    return svg.markup()
+
+
+LOAD_METRICS = (("ttft_ms", "TTFT", SERIES[0]), ("itl_ms", "ITL", SERIES[1]))  # each SLO is named as its metric
+
+
+def _load_panel(svg: Svg, frame: Frame, curve: list[dict], metric: str, title: str, slo_ms, percentile: str,
+                color: str, chosen_rate: float | None) -> None:
+    """One metric of the load curve in `frame`: the predicted line, its interval band, the SLO and the planned
+    rate. The y axis covers the points up to the planned rate and the SLO; higher figures sit on the top edge."""
+    def interval(p: dict) -> tuple[float | None, float | None]:
+        pair = p.get(f"{metric}_interval") or (None, None)
+        return (pair[0] if _number(pair[0]) else None), (pair[1] if _number(pair[1]) else None)
+
+    rates = [p["rate_rps"] for p in curve]
+    x = Scale(0.0, max(rates) * 1.06, frame.left, frame.right)
+    within = [p for p in curve if chosen_rate is None or p["rate_rps"] <= chosen_rate * 1.0001] or curve
+    firm = [v for p in within for v in (p.get(metric), interval(p)[1]) if _number(v)]
+    slo_shown = _number(slo_ms) and slo_ms > 0
+    top = max(firm + ([slo_ms * 1.5] if slo_shown else []) + [1e-3])
+    values = [v for p in curve for v in (p.get(metric), interval(p)[1]) if _number(v) and v <= top * 1.3]
+    y = auto_scale(values + [top] + ([slo_ms] if slo_shown else []), frame.bottom, frame.top, log=False, zero=True,
+                   pad=0.06)
+    axes(svg, frame, x, y, x_title="arrival rate per replica (requests/s)", y_title=f"{title} {percentile} (ms)")
+    band = [p for p in curve if _number(p.get(metric))]
+    if band:
+        upper = [(x(p["rate_rps"]), y.clamp(interval(p)[1]) if interval(p)[1] is not None else frame.top)
+                 for p in band]
+        lower = [(x(p["rate_rps"]), y.clamp(interval(p)[0] if interval(p)[0] is not None else p[metric]))
+                 for p in reversed(band)]
+        svg.open("g", tooltip=f"{title} {percentile}: 95% interval (efficiency band × block bootstrap); at the top "
+                              "edge where it is off the scale or unbounded")
+        svg.add("polygon", points=" ".join(f"{a:.1f},{b:.1f}" for a, b in upper + lower), fill=color,
+                fill_opacity=0.13)
+        svg.close()
+        svg.polyline([(x(p["rate_rps"]), y.clamp(p[metric])) for p in band], color, 2.2)
+    if slo_shown:
+        py = y.clamp(slo_ms)
+        svg.line(frame.left, py, frame.right, py, SLO, 1.6, stroke_dasharray="7 4")
+        svg.text(frame.left + 8, py - 6, f"SLO: {percentile} ≤ {fmt.number(slo_ms, 4)} ms", size=11.5, fill=SLO,
+                 weight="600", **HALO)
+    if chosen_rate is not None:
+        px = x(chosen_rate)
+        svg.line(px, frame.top, px, frame.bottom, INK, 1.2, stroke_dasharray="2 3")
+        anchor = "end" if px > frame.left + frame.width * 0.6 else "start"
+        svg.text(px + (-6 if anchor == "end" else 6), frame.top + 14, f"planned {fmt.number(chosen_rate, 3)}/s",
+                 size=11.5, anchor=anchor, fill=INK, weight="600", **HALO)
+    for p in curve:
+        value, (low, high) = p.get(metric), interval(p)
+        px = x(p["rate_rps"])
+        color_point = MEETS if p.get("meets_slo") else MISSES
+        state = "meets every SLO" if p.get("meets_slo") else "misses an SLO"
+        if p.get("stable_pessimistic") is False or p.get("stable") is False:
+            state += "; the queue grows without bound"
+        tooltip = (f"{fmt.number(p['rate_rps'], 3)} requests/s per replica ({fmt.number(p.get('fraction'), 3)}× the "
+                   f"planned rate): {title} {percentile} {fmt.ms(value)} ms [{fmt.ms(low)}–"
+                   f"{fmt.ms(high) if high is not None else 'unbounded'}]; {state}")
+        svg.open("g", tooltip=tooltip)
+        if not _number(value):
+            svg.text(px, frame.top + 30, "?", size=13, anchor="middle", fill=MISSES, weight="700")
+        elif value > y.hi:
+            svg.add("path", d=f"M{px:.1f},{frame.top:.1f} l6,9 h-12 z", fill=color_point)
+        else:
+            svg.add("circle", cx=px, cy=y(value), r=5, fill=color_point, stroke="#ffffff", stroke_width=1.5)
+        svg.close()
+
+
+def llm_load_curve(curve: Sequence[dict] | None, slo: dict) -> Markup:
+    """TTFT and ITL at the SLO percentile against the per-replica arrival rate, side by side: the predicted line,
+    its 95% interval as a band, the SLO lines, each point coloured by whether it meets every SLO (at the interval's
+    pessimistic end), and the planned rate marked."""
+    curve = sorted((p for p in curve or () if _number(p.get("rate_rps")) and p["rate_rps"] > 0),
+                   key=lambda p: p["rate_rps"])
+    if not curve:
+        return note("No load curve: there is no recommended configuration.")
+    percentile = slo.get("percentile") or curve[0].get("percentile") or "p99"
+    chosen = next((p["rate_rps"] for p in curve if p.get("fraction") == 1.0), None)
+    width, height = 960, 380
+    svg = Svg(width, height, f"TTFT and ITL {percentile} against the arrival rate per replica")
+    half = width / 2
+    for index, (metric, title, color) in enumerate(LOAD_METRICS):
+        svg.open("g", transform=f"translate({index * half:.0f} 0)")  # axes() puts the y title at x=16 of the group
+        _load_panel(svg, Frame(76, 64, half - 24, height - 58), curve, metric, title, slo.get(metric), percentile,
+                    color, chosen)
+        svg.close()
+    items = [LegendItem(f"TTFT {percentile}", "line", SERIES[0]), LegendItem(f"ITL {percentile}", "line", SERIES[1]),
+             LegendItem("95% interval", "box", MUTED), LegendItem("meets every SLO", "dot", MEETS),
+             LegendItem("misses (▲: off the scale)", "dot", MISSES), LegendItem("SLO", "dash", SLO),
+             LegendItem("planned rate", "dash", INK)]
+    legend(svg, 76, 24, items, max_x=width - 24)
+    return svg.markup()
+
+
+def llm_pareto(rows: Sequence[dict], pareto: Sequence[str], *, recommended: str | None = None) -> Markup:
+    """Each instance's decode speed per user (1000 / ITL at the SLO percentile; bar: from the ITL interval) against
+    its cost per million output tokens: the Pareto frontier filled and joined by a step line, the rest hollow, the
+    recommendation ringed."""
+    rows = [r for r in rows or () if _number(r.get("cost_per_million_output_tokens"))
+            and r["cost_per_million_output_tokens"] > 0 and _number(r.get("itl_ms")) and r["itl_ms"] > 0]
+    if not rows:
+        return note("No Pareto plot: no instance meets the SLOs.")
+
+    def speed(row: dict) -> float:
+        return 1000.0 / row["itl_ms"]
+
+    def speed_interval(row: dict) -> tuple[float, float]:
+        pair = row.get("itl_ms_interval") or ()
+        low = 1000.0 / pair[1] if len(pair) == 2 and _number(pair[1]) and pair[1] > 0 else speed(row)
+        high = 1000.0 / pair[0] if len(pair) == 2 and _number(pair[0]) and pair[0] > 0 else speed(row)
+        return low, high
+
+    width, height = 960, 440
+    frame = Frame(84, 64, width - 28, height - 58)
+    frontier_names = set(pareto or ())
+    costs = [r["cost_per_million_output_tokens"] for r in rows]
+    speeds = [v for r in rows for v in (speed(r), *speed_interval(r))]
+    x = auto_scale(costs, frame.left, frame.right, pad=0.06)
+    y = auto_scale(speeds + [max(speeds) * 1.15], frame.bottom, frame.top, pad=0.06)
+    svg = Svg(width, height, f"Decode speed per user against cost per million output tokens, {len(rows)} instances")
+    axes(svg, frame, x, y, x_title=f"cost per million output tokens (USD{', log scale' if x.log else ''})",
+         y_title=f"output tokens/s per user{' (log)' if y.log else ''}", x_fmt=lambda v: "$" + tick_label(v))
+    placer = _Labels(frame)
+    placer.boxes += [(x(r["cost_per_million_output_tokens"]) - 6, y(speed(r)) - 6,
+                      x(r["cost_per_million_output_tokens"]) + 6, y(speed(r)) + 6) for r in rows]
+    frontier = sorted((r for r in rows if r["instance"] in frontier_names),
+                      key=lambda r: r["cost_per_million_output_tokens"])
+    if len(frontier) > 1:
+        points = [(x(frontier[0]["cost_per_million_output_tokens"]), y(speed(frontier[0])))]
+        for row in frontier[1:]:
+            px, py = x(row["cost_per_million_output_tokens"]), y(speed(row))
+            points += [(px, points[-1][1]), (px, py)]
+        svg.polyline(points, PARETO, 2, stroke_opacity=0.75)
+    for row in sorted(rows, key=lambda r: r["instance"] in frontier_names):
+        on = row["instance"] in frontier_names
+        color = PARETO if on else MUTED
+        px, py = x(row["cost_per_million_output_tokens"]), y(speed(row))
+        low, high = speed_interval(row)
+        svg.open("g", tooltip=f"{row['instance']} ({row.get('provider', '?')}) · {row.get('precision', '?')}, TP "
+                              f"{row.get('tensor_parallel', '?')} × {row.get('replicas', '?')}\n"
+                              f"{fmt.number(speed(row), 3)} tokens/s per user [{fmt.number(low, 3)}–"
+                              f"{fmt.number(high, 3)}] · {fmt.money(row['cost_per_million_output_tokens'])} per "
+                              f"million output tokens{' · Pareto frontier' if on else ''}")
+        if high > low:
+            svg.line(px, y.clamp(high), px, y.clamp(low), color, 1.4, stroke_opacity=0.55)
+        if on:
+            svg.add("circle", cx=px, cy=py, r=6, fill=color, stroke="#ffffff", stroke_width=1.5)
+        else:
+            svg.add("circle", cx=px, cy=py, r=5, fill="#ffffff", stroke=color, stroke_width=2)
+        svg.close()
+    for row in rows:
+        px, py = x(row["cost_per_million_output_tokens"]), y(speed(row))
+        if row["instance"] == recommended:
+            svg.add("circle", cx=px, cy=py, r=11, fill="none", stroke=INK, stroke_width=1.5)
+            placer.place(svg, px, py, f"recommended: {row['instance']}", INK)
+        elif row["instance"] in frontier_names:
+            placer.place(svg, px, py, row["instance"], PARETO, size=11.5)
+    items = [LegendItem("Pareto frontier", "dot", PARETO), LegendItem("dominated", "ring", MUTED),
+             LegendItem("bar: from the ITL 95% interval", "line", MUTED)]
+    if recommended:
+        items.append(LegendItem("recommended", "ring", INK))
+    legend(svg, frame.left, 24, items, max_x=frame.right)
+    return svg.markup()
+
+
+def llm_charts(report: dict) -> dict[str, Markup]:
+    """The three charts of a generative report, from report.json alone (what render_llm_html passes the
+    template as `charts`)."""
+    rec = report.get("recommendation") or {}
+    return {"fit_map": llm_fit_map(report.get("fit_map"), max_num_seqs=rec.get("max_num_seqs")),
+            "load_curve": llm_load_curve(report.get("load_curve"), report.get("slo") or {}),
+            "pareto": llm_pareto(report.get("ranking") or [], report.get("pareto") or [],
+                                 recommended=rec.get("instance"))}

@@ -145,6 +145,16 @@ def build_llm_report(config: LlmRecommendConfig, arch: LlmArchitecture, workload
         runner_up = next((r for r in rows if r["instance"] != rec["instance"]), None)
         recommendation = {**rec, "artifact": str(artifact_path) if artifact_path else None,
                           "artifact_error": artifact_error, "runner_up": runner_up, "why": _why(rec, runner_up)}
+    fit_map, load_curve = None, None  # the recommended configuration's charts (advisor/llm/report_data.py)
+    if result.recommendation is not None:
+        from advisor.llm.report_data import fit_map_for, load_curve_for
+
+        # rebuilt as recommend_llm built it; report_data raises if it does not reproduce the row's efficiency
+        request = PlanRequest(arch=arch, workload=workload, slo=config.slo, context=context, catalog=load_catalog(
+            list(config.catalog_paths), providers=list(config.providers) or None, region=config.region),
+            qps=config.qps, gpu_memory_utilisation=config.gpu_memory_utilisation)
+        fit_map = fit_map_for(request, result.recommendation)
+        load_curve = load_curve_for(request, result.recommendation)
     return {
         "schema": SCHEMA,
         "advisor_version": advisor.__version__,
@@ -162,6 +172,8 @@ def build_llm_report(config: LlmRecommendConfig, arch: LlmArchitecture, workload
         "closest_miss": result.closest_memory_miss,
         "excluded": result.excluded,
         "pareto": result.pareto,
+        "fit_map": fit_map,
+        "load_curve": load_curve,
         "environment": environment(detect_targets(), started_at),
     }
 

@@ -88,8 +88,49 @@ def render_llm_markdown(report: dict) -> str:
     lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_md(c) for c in _cells(i, r)) + " |"
               for i, r in enumerate(report["ranking"][:TOP_ROWS], start=1)]
+    lines += _fit_map_lines(report.get("fit_map")) + _load_curve_lines(report.get("load_curve"), slo)
     excluded = report.get("excluded") or []
     if excluded:
         lines += ["", f"**Excluded ({len(excluded)}):** " + "; ".join(
             f"{_md(e['instance'])}: {_md(e['reason'])}" for e in excluded[:8]) + ("; …" if len(excluded) > 8 else "")]
     return "\n".join(lines) + "\n"
+
+
+def _context(tokens: int) -> str:
+    return f"{tokens // 1024}k" if tokens >= 1024 and tokens % 1024 == 0 else f"{tokens:,}"
+
+
+def _fit_map_lines(fit_map: list[dict] | None) -> list[str]:
+    """One row: the sequences per replica the recommendation's KV cache holds at each context length."""
+    if not fit_map:
+        return []
+    cells = [f"**{_context(p['context'])}**" if p.get("configured") else _context(p["context"]) for p in fit_map]
+    return ["", "Concurrent sequences per replica by context length (memory model; planned context in bold):", "",
+            "| context | " + " | ".join(cells) + " |", "|---|" + "---|" * len(fit_map),
+            "| sequences | " + " | ".join(f"{p['max_concurrent_sequences']:,}" for p in fit_map) + " |"]
+
+
+def _interval(value, pair, digits: int) -> str:
+    if value is None:
+        return "-"
+    low, high = (pair or [None, None])[:2]
+    high_text = "unbounded" if high is None else f"{high:.{digits}f}"
+    low_text = "-" if low is None else f"{low:.{digits}f}"
+    return f"{value:.{digits}f} [{low_text}-{high_text}]"
+
+
+def _load_curve_lines(curve: list[dict] | None, slo: dict) -> list[str]:
+    """The recommendation simulated at fractions of its planned rate, intervals in brackets."""
+    if not curve:
+        return []
+    p = slo["percentile"]
+    lines = ["", f"Latency against load at the recommendation (simulated; {p} with 95% intervals):", "",
+             f"| load | req/s per replica | TTFT {p} ms | ITL {p} ms | goodput req/s per instance | SLOs |",
+             "|---|---|---|---|---|---|"]
+    for point in curve:
+        verdict = "met" if point["meets_slo"] else "missed"
+        lines.append(f"| {point['fraction']:g}x | {point['rate_rps']:.3g} | "
+                     f"{_interval(point['ttft_ms'], point['ttft_ms_interval'], 0)} | "
+                     f"{_interval(point['itl_ms'], point['itl_ms_interval'], 1)} | {point['goodput_rps']:.3g} | "
+                     f"{verdict} |")
+    return lines
