@@ -193,10 +193,11 @@ def reduce_serving(record: LlmMeasurement) -> ServingSteps:
     MAX_OVERLAP_LOAD (0.1). With Poisson arrivals the requests in flight are Poisson with mean `load` (M/G/inf), so
     an arrival finds another request running with probability 1 - e^-load (9.5 % at 0.1); above that, the engine
     batches requests together and a TTFT or ITL is no longer one step of one sequence: no points, and why. The
-    achieved rate (request_rate_rps) is used when the record has it, else settings.rate.
+    achieved rate (request_rate_rps) is used when the record has it, else the one asked for (settings rate_rps).
 
-    Then, with P the mean prompt and O the mean output tokens (settings prompt_tokens / output_tokens: a number, or
-    a length distribution with its "mean" or "fixed"):
+    Then, with P the mean prompt and O the mean output tokens of the completed requests (bench-serve's "lengths":
+    the server's prompt count where it reported one, else the requested; else settings prompt_tokens /
+    output_tokens, a number or a length distribution with its "mean" or "fixed"):
     - TTFT p50 ~ one prefill step of P tokens (context (P + 1) / 2 on average): StepPoint(P, (P + 1) / 2, 0, 0).
       Refused when P exceeds the engine's chunk (settings max_num_batched_tokens, else ASSUMED_MAX_CHUNK_TOKENS,
       2048: vLLM V1's smallest default for its API server), as the prefill may then take several steps. TTFT also
@@ -209,9 +210,10 @@ def reduce_serving(record: LlmMeasurement) -> ServingSteps:
     serving = record.serving
     if not serving:
         return ServingSteps((), (), ())
-    settings = _section(serving, "settings")
-    prompt = _mean_tokens(settings.get("prompt_tokens"))
-    output = _mean_tokens(settings.get("output_tokens"))
+    settings, lengths = _section(serving, "settings"), _section(serving, "lengths")
+    prompt = (_number(lengths.get("prompt_tokens_reported_mean"))
+              or _number(lengths.get("prompt_tokens_requested_mean")) or _mean_tokens(settings.get("prompt_tokens")))
+    output = _number(lengths.get("output_tokens_mean")) or _mean_tokens(settings.get("output_tokens"))
     why_not = _overlap_refusal(serving, settings)
     if why_not:
         return ServingSteps((), (), (why_not,))
@@ -248,7 +250,8 @@ def _overlap_refusal(serving: dict, settings: dict) -> str | None:
     concurrency = settings.get("concurrency")
     if concurrency == 1:
         return None
-    rate = _number(serving.get("request_rate_rps")) or _number(settings.get("rate"))
+    rate = (_number(serving.get("request_rate_rps")) or _number(settings.get("rate_rps"))
+            or _number(settings.get("rate")))
     e2e = _number(_section(serving, "e2e_ms").get("mean")) or _p50(serving, "e2e_ms")
     if not rate or not e2e or not math.isfinite(rate):
         if concurrency:
@@ -362,7 +365,7 @@ def calibrate(device_name: str, engine: str, measurements: Sequence[LlmMeasureme
         lo, hi = min(lo, float(np.quantile(ratios, 0.025))), max(hi, float(np.quantile(ratios, 0.975)))
         errors = [p.fitted_error for p in held]
         detail = f" (held-out |error| median {statistics.median(errors):.0%}, max {max(errors):.0%})"
-    ids = tuple(m.record.id for m in matched)
+    ids = tuple(m.record.id for m in matched if m.steps)  # a serving run refused as a whole gave nothing
     efficiency = dataclasses.replace(fitted, relative_interval=(lo, hi),
                                      source=f"fitted on {count} steps of {', '.join(ids)}{detail}")
     notes = tuple(f"{m.record.id}: serving run not used: {why}" for m in matched for why in m.refused)
