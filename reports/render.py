@@ -18,7 +18,7 @@ from markupsafe import Markup
 
 from advisor.runfolder import write_atomic
 from reports import formatting as fmt
-from reports import view
+from reports import plots, view
 from reports.markdown import render_markdown
 
 __all__ = ["render_html", "render_llm_html", "render_markdown", "write_reports"]
@@ -60,9 +60,9 @@ def render_html(report: dict) -> str:
 
 def render_llm_html(report: dict) -> str:
     """The page of a generative run (`mode: generative`): verdict, ranked instances, exclusions, model and
-    workload. It runs no script at all."""
+    workload, charts (fit map, latency against load, Pareto). It runs no script at all."""
     return _environment().get_template("llm_report.html.j2").render(
-        r=report, fmt=fmt, css=Markup(_asset("report.css")),
+        r=report, fmt=fmt, charts=plots.llm_charts(report), css=Markup(_asset("report.css")),
         csp="default-src 'none'; style-src 'unsafe-inline'; img-src data:; script-src 'none'; base-uri 'none'; "
             "form-action 'none'")
 

@@ -156,8 +156,6 @@ def test_the_page_has_three_inert_charts_with_captions_and_assumptions(run):
     assert not [a for a in tags.attributes if a[1] in ("src", "href", "xlink:href")]
 
 
-@pytest.mark.xfail(strict=True, reason="reports/render.py render_llm_html does not pass charts=llm_charts(report) "
-                                       "to the template yet; remove this marker when it does")
 def test_the_written_page_has_the_charts(run):
     _, out = run
     assert len(svgs((out / "report.html").read_text())) == 3
