@@ -15,8 +15,8 @@ Per metric: the median and max |predicted - measured| / measured, the range of m
 band), and the share of steps inside the prediction x its band (relative_interval). Also the calibration the
 planner would use (a fit on every record), with its factors and band.
 
-Prints a table per group and ends with exactly one line `llm accuracy: ...`; writes
-bench/results/llm-accuracy-<YYYY-MM-DD>.json (--out DIR: elsewhere).
+Prints a table per group, a `llm accuracy: ...` line, then `llm TTFT MAPE`, `llm ITL MAPE` and last
+`llm MAPE: X%`; writes bench/results/llm-accuracy-<YYYY-MM-DD>.json (--out DIR: elsewhere).
 
     .venv/bin/python bench/llm_accuracy.py [--measurements FILE_OR_DIR ...] [--with-stored] [--out DIR]
 """
@@ -24,6 +24,7 @@ bench/results/llm-accuracy-<YYYY-MM-DD>.json (--out DIR: elsewhere).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -139,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         "args": {"measurements": [str(p) for p in args.measurements], "with_stored": args.with_stored},
         "measurements": len(records), "groups": groups, "overall": overall,
         "wall_s": round(time.monotonic() - started, 3)})
+    mape = _mape(everything)
+    write_json_atomic(target, {**json.loads(target.read_text()), "mape": mape})
     print(f"\nwrote {target}")
     if overall is None:
         print(f"llm accuracy: no held-out steps ({len(records)} measurements, {len(groups)} hardware x engine groups)")
@@ -147,7 +150,29 @@ def main(argv: list[str] | None = None) -> int:
               f"{_pct(overall['prior']['median_abs_error'])} before (prior), over {overall['points']} steps of "
               f"{sum(1 for g in groups if g['held_out'])} hardware x engine groups (max "
               f"{_pct(overall['fitted']['max_abs_error'])} after, {_pct(overall['prior']['max_abs_error'])} before)")
+    # issue 14's summary lines: TTFT rests on prefill steps, ITL on decode steps (a serving run's own TTFT and
+    # ITL count with them); mean |error| of the fit on held-out steps
+    for name in ("TTFT", "ITL"):
+        value = mape[name]
+        print(f"llm {name} MAPE: " + ("n/a (no held-out steps)" if value is None else
+                                      f"{value * 100:.1f}% over {mape[name + '_points']} held-out steps"))
+    print("llm MAPE: " + ("n/a" if mape["all"] is None else f"{mape['all'] * 100:.1f}%"))
     return 0
+
+
+MAPE_METRICS = {"TTFT": ("prefill_ms", "ttft_ms"), "ITL": ("decode_ms", "itl_ms")}
+
+
+def _mape(points: list[HeldOutPoint]) -> dict:
+    """Mean |fitted - measured| / measured over the held-out steps, for TTFT, ITL and all together."""
+    result = {}
+    for name, metrics in MAPE_METRICS.items():
+        errors = [abs(p.fitted_ms - p.measured_ms) / p.measured_ms for p in points if p.metric in metrics]
+        result[name] = sum(errors) / len(errors) if errors else None
+        result[name + "_points"] = len(errors)
+    errors = [abs(p.fitted_ms - p.measured_ms) / p.measured_ms for p in points]
+    result["all"] = sum(errors) / len(errors) if errors else None
+    return result
 
 
 if __name__ == "__main__":

@@ -263,8 +263,12 @@ def test_the_accuracy_bench_reports_held_out_error_and_writes_json(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "bench" / "llm_accuracy.py"), "--measurements", str(folder),
                              "--out", str(out)], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr
-    last = result.stdout.strip().splitlines()[-1]
-    assert last.startswith("llm accuracy: held-out median |error| ") and "over 26 steps of 2 hardware x engine" in last
+    lines = result.stdout.strip().splitlines()
+    summary = next(line for line in lines if line.startswith("llm accuracy: "))
+    assert summary.startswith("llm accuracy: held-out median |error| ") and "over 26 steps of 2 hardware x engine" in summary
+    assert lines[-3].startswith("llm TTFT MAPE: ") and lines[-2].startswith("llm ITL MAPE: ")
+    mape = float(lines[-1].removeprefix("llm MAPE: ").rstrip("%"))
+    assert 0 < mape < 10  # 3 % noise on the synthetic steps, fitted back
     written = list(out.glob("llm-accuracy-*.json"))
     assert len(written) == 1
     data = json.loads(written[0].read_text())
