@@ -265,7 +265,8 @@ def test_the_accuracy_bench_reports_held_out_error_and_writes_json(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     summary = next(line for line in lines if line.startswith("llm accuracy: "))
-    assert summary.startswith("llm accuracy: held-out median |error| ") and "over 26 steps of 2 hardware x engine" in summary
+    assert summary.startswith("llm accuracy: held-out median |error| ")
+    assert "over 26 steps of 2 hardware x engine" in summary
     assert lines[-3].startswith("llm TTFT MAPE: ") and lines[-2].startswith("llm ITL MAPE: ")
     mape = float(lines[-1].removeprefix("llm MAPE: ").rstrip("%"))
     assert 0 < mape < 10  # 3 % noise on the synthetic steps, fitted back

@@ -79,6 +79,9 @@ def _register() -> None:
     from advisor.cli.export_cmd import export
 
     cli.add_command(export)
+    from advisor.cli.bench_serve_cmd import bench_serve
+
+    cli.add_command(bench_serve)
 
 
 _register()
