@@ -16,9 +16,10 @@ HTTP client ("sent"); the same words are in docs/llm.md, "Metric definitions".
   last completion of a measured request (warm-up excluded).
 - request_rate_rps: completed requests / wall time (achieved, not the rate asked for).
 - goodput_rps: completed requests that meet every SLO given (TTFT <= --ttft and TPOT <= --itl; a one-token request
-  has no TPOT and meets --itl) / wall time. This is DistServe's and vLLM's definition: the ITL target is judged on
-  the request's TPOT, not on its worst gap. Without any SLO it is null. The share of requests meeting each SLO is
-  over all measured requests: a failed request meets none.
+  has no TPOT and meets --itl) / wall time; null without any SLO. This is vLLM's --goodput definition: the ITL
+  target is judged on the request's TPOT, not on its worst gap. (The DistServe paper calls goodput the highest rate
+  at which a target share of requests meets the SLOs: the shares below, at several rates.) The share of requests
+  meeting each SLO is over all measured requests: a failed request meets none.
 
 Failed requests (HTTP status, SSE error event, timeout, connection, no content, unfinished when the drain ended)
 are counted by kind and kept out of every latency percentile.
@@ -172,7 +173,7 @@ def summarise(records: Sequence[RequestRecord], slo_ttft_ms: float | None = None
         "slo": {
             "ttft_ms": slo_ttft_ms, "itl_ms": slo_itl_ms,
             "definition": "a completed request meets the SLOs when TTFT <= ttft_ms and TPOT <= itl_ms "
-                          "(DistServe's and vLLM's goodput); shares are over all measured requests",
+                          "(vLLM's goodput); shares are over all measured requests",
             "meeting_ttft_share": share(sum(meets_ttft)) if slo_ttft_ms is not None else None,
             "meeting_itl_share": share(sum(meets_itl)) if slo_itl_ms is not None else None,
             "meeting_all_share": share(good) if any_slo else None,
