@@ -220,15 +220,18 @@ def test_trace_replay_keeps_its_timestamps_and_lengths(tmp_path):
     rows = [(10.0, 5, 2), (10.05, 6, 3), (10.2, 7, 4), (10.25, 8, 5), (10.5, 9, 6)]
     trace.write_text("\n".join(json.dumps({"timestamp_s": t, "prompt_tokens": p, "output_tokens": o, "id": i})
                                for i, (t, p, o) in enumerate(rows)) + "\n")
-    with ScriptedServer() as server:
-        run = bench(server, trace=load_trace(trace), duration_s=5.0)
+    out = tmp_path / "out.json"
+    with ScriptedServer() as server:  # no --duration: the whole trace
+        result = invoke("bench-serve", server.url, "--trace", trace, "--warmup", 0, "--json", out, "-q")
         offsets = _server_offsets(server)
         bodies = [a.body for a in server.arrivals()]
+    assert result.exit_code == 0, result.output
     late = offsets - np.array([0, 0.05, 0.2, 0.25, 0.5])
     assert np.median(np.abs(late - np.median(late))) < 0.015, late
     assert [b["max_tokens"] for b in bodies] == [2, 3, 4, 5, 6]
     assert [prompt_words(b) for b in bodies] == [5, 6, 7, 8, 9]
-    assert run.summary()["completed"] == 5
+    summary = json.loads(out.read_text())
+    assert summary["completed"] == 5 and summary["settings"]["load"] == "trace"
 
 
 def test_prompt_ids_have_exact_lengths_within_the_vocabulary():

@@ -52,6 +52,8 @@ def _config(url, endpoint, model, rate, arrival, concurrency, duration_s, num_re
             duration_s = workload.duration_s
     if trace_path is not None:
         trace = load_trace(trace_path)
+        if duration_s is None and num_requests is None:
+            num_requests = len(trace)  # the whole trace, however long
     if duration_s is None and num_requests is None:
         duration_s = DEFAULT_DURATION_S
     if arrival is not None and rate is None:
@@ -146,7 +148,8 @@ def print_summary(summary: dict) -> None:
               help="Closed loop: N users, each sending its next request when the previous ends; with --rate or "
                    "--trace, the most requests in flight.")
 @click.option("--duration", "duration_s", type=DurationType(), default=None,
-              help="Send arrivals for this long, e.g. 90s, 3m (default 60s, or the workload file's duration_s).")
+              help="Send arrivals for this long, e.g. 90s, 3m (default 60s; the workload file's duration_s; the "
+                   "whole --trace).")
 @click.option("--num-requests", type=click.IntRange(min=1), default=None,
               help="Send this many requests instead of running for --duration.")
 @click.option("--prompt-tokens", type=click.IntRange(min=1), default=None,
@@ -179,8 +182,8 @@ def print_summary(summary: dict) -> None:
 def bench_serve(url, endpoint, model, rate, arrival, concurrency, duration_s, num_requests, prompt_tokens,
                 output_tokens, workload_path, trace_path, ttft_ms, itl_ms, prompt_ids, vocab_size, ignore_eos, warmup,
                 request_timeout_s, drain_timeout_s, seed, api_key, json_path, quiet):
-    """Load-test the OpenAI-compatible server at URL (vLLM, SGLang, TGI, llama.cpp, `advisor serve`) with streamed
-    requests, and report TTFT, inter-token latency, TPOT and end-to-end latency (p50/p90/p95/p99 with 95 %
+    """Load-test the OpenAI-compatible server at URL (vLLM, SGLang, TGI, llama.cpp, the advisor's own) with
+    streamed requests, and report TTFT, inter-token latency, TPOT and end-to-end latency (p50/p90/p95/p99 with 95 %
     intervals), throughput, and goodput against --ttft/--itl. Definitions: docs/llm.md, "Metric definitions".
 
     Exit status: 0 the run was made (failed requests are counted and reported), 2 bad input or URL unreachable.

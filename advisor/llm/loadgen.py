@@ -136,6 +136,7 @@ class BenchConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "url", normalise_url(self.url))
+        object.__setattr__(self, "trace", tuple(sorted(self.trace, key=lambda e: e.timestamp_s)))
         if self.endpoint not in ENDPOINTS:
             raise UserError(f"endpoint must be one of {', '.join(ENDPOINTS)}, got {self.endpoint!r}")
         if self.arrival not in ARRIVALS:
