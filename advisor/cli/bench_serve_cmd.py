@@ -85,8 +85,10 @@ class _ProgressLine:
 
 
 def _ms(value: float) -> str:
-    """Three significant figures or more: 1316, 44.4, 9.98, 0.081."""
-    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+    """Three significant figures or more: 1316, 44.4, 9.98, 0.0812."""
+    if value >= 100:
+        return f"{value:.0f}"
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}" if value >= 1 else f"{value:.3g}"
 
 
 def _cell(block: dict, percentile: str) -> str:
