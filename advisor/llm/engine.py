@@ -302,9 +302,17 @@ class OrtGenaiEngine:
         return sequence_id
 
     def step(self) -> list[TokenEvent]:
+        """One token for every active sequence (module docstring). A sequence whose pass fails is dropped and the
+        step raises EngineError naming it, so the engine never retries it forever."""
         events = []
         for sequence_id, sequence in list(self._sequences.items()):
-            token = self._advance(sequence)
+            try:
+                token = self._advance(sequence)
+            except Exception as error:
+                del self._sequences[sequence_id]
+                first = str(error).splitlines()[0] if str(error) else ""
+                raise EngineError(f"sequence {sequence_id} failed in onnxruntime-genai and was dropped: "
+                                  f"{type(error).__name__}: {first}") from None
             reason = None
             if token in self.eos_token_ids and not sequence.request.ignore_eos:
                 reason = "stop"

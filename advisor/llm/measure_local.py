@@ -112,8 +112,9 @@ def measure_local(built: BuiltModel, hf_folder: Path, settings: LocalMeasureSett
         f"og generate_next_token after the first of a static batch with EOS masked, {settings.new_tokens - 1} per "
         f"generation, context = prompt + {settings.new_tokens // 2} (the mean attended); {settings.repeats} repeats "
         f"after {settings.warmup} warm-up, configurations interleaved round by round",
-        f"weights: {_WEIGHT_LAYOUT[built.precision]}; embeddings, norms and the KV cache fp32. work follows "
-        f"advisor.llm.precision's {built.precision} sizing, which may differ from this layout",
+        f"weights: {_WEIGHT_LAYOUT[built.precision]}; embeddings, norms and the KV cache fp32. The built model's "
+        f"files hold {_model_bytes(built.folder)} bytes (RoPE cos/sin caches included); work.weight_bytes "
+        f"({work.weight_bytes:.0f}) follows advisor.llm.precision's {built.precision} sizing",
         f"threads: ONNX Runtime's default intra-op pool on {cpu.logical_cores} logical CPUs; the machine may have "
         f"been shared, so the samples carry its load",
         f"memory: RSS high-water mark {rss_peak:.1f} MiB, {rss_baseline:.1f} MiB before the model was loaded",
@@ -165,6 +166,11 @@ def _hardware():
               "physical_cores": cpu.physical_cores, "isa": list(cpu.isa), "memory_gib": cpu.memory_gib}
     name = f"{cpu.model} ({cpu.microarchitecture})"
     return Hardware("cpu", name, 1, figures.peak_gflops / 1000.0, figures.bandwidth_gbs, detail), cpu
+
+
+def _model_bytes(folder: Path) -> int:
+    """model.onnx and its external data: what the engine loads as weights."""
+    return sum(path.stat().st_size for path in Path(folder).iterdir() if path.name.startswith("model.onnx"))
 
 
 def _slug(text: str) -> str:
