@@ -9,9 +9,8 @@ Why INIT_STD = 0.1 and not transformers' 0.02: the logits must spread enough tha
 ties between two fp32 engines, and attention must not saturate so much that weight quantisation flips it. Measured
 on the default llama (2 layers, hidden 128), 7 prompts x 16 greedy tokens: at 0.1 the top-1 token wins by a median
 0.26 and at least 0.003 while ONNX Runtime GenAI fp32 and torch differ by < 4e-6, and the builder's int4 keeps a
-first-step logit cosine >= 0.93; at 0.05 the smallest margin fell to 0.0001 and more generations fell into
-short loops; at 0.2
-int4 cosines fell to 0.5 (saturated softmax attention). tests/test_llm_engine.py checks the margin.
+first-step logit cosine >= 0.93; at 0.05 the smallest margin fell to 0.0001 and more generations fell into short
+loops; at 0.2 int4 cosines fell to 0.5 (saturated softmax attention). tests/test_llm_engine.py checks the margin.
 """
 
 from __future__ import annotations
