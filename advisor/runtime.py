@@ -3,6 +3,13 @@
 
     python -m advisor.runtime artifact/ --input feeds.npz --output outputs.npz
     python -m advisor.runtime artifact.tar.gz --serve --port 8080   # POST /predict {"inputs": {name: [...]}}
+
+A generative artifact (kind "llm-engine": a model built for ONNX Runtime GenAI) is served as an OpenAI-compatible
+streaming server (advisor.llm.server: /v1/completions, /v1/chat/completions, /v1/models, /health), or, without
+--serve, generates greedily from --prompt:
+
+    python -m advisor.runtime artifact/ --serve --port 8000 [--max-queue 64] [--max-batch-size 8]
+    python -m advisor.runtime artifact/ --prompt "Hello" --max-tokens 16
 """
 
 from __future__ import annotations
@@ -136,22 +143,73 @@ def _serve(manifest: dict, predict, port: int) -> None:
     server.serve_forever()
 
 
+LLM_ENGINE = "llm-engine"
+
+
+def _kind(folder: Path) -> str | None:
+    try:
+        return json.loads((Path(folder) / MANIFEST).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None  # check_artifact, run next, says what is wrong
+
+
+def _run_llm(folder: Path, args) -> int:
+    """Serve a generative artifact over the OpenAI-compatible API, or generate once from --prompt."""
+    from advisor.errors import UserError
+    from advisor.llm.engine_api import GenerationRequest
+    from advisor.llm.engine_artifact import load_engine_artifact
+    from advisor.llm.server import ServerSettings, serve_forever
+
+    try:
+        engine = load_engine_artifact(folder, max_batch_size=args.max_batch_size)
+        if args.serve:
+            settings = ServerSettings(host=args.host, port=8000 if args.port is None else args.port,
+                                      max_queue=args.max_queue)
+            try:
+                serve_forever(engine, settings)
+            finally:
+                engine.close()
+            return 0
+        sequence = engine.add(GenerationRequest(tuple(engine.encode(args.prompt)), args.max_tokens))
+        decoder, text, finished = engine.new_decoder(), [], False
+        while not finished:
+            for event in engine.step():
+                if event.sequence_id == sequence:
+                    text.append(decoder.add(event.token_id))
+                    finished = event.finished
+        engine.close()
+        print("".join(text))
+        return 0
+    except (UserError, ValueError) as error:
+        print(f"advisor.runtime: error: {error}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m advisor.runtime", description=__doc__.splitlines()[0])
     parser.add_argument("artifact", type=Path, help="artifact folder or .tar.gz")
     parser.add_argument("--input", type=Path, help=".npz with one array per model input")
     parser.add_argument("--output", type=Path, help="where to write the outputs (.npz)")
     parser.add_argument("--serve", action="store_true", help="serve POST /predict over HTTP on 127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=int, default=None, help="default 8080 (8000 for a generative artifact)")
+    parser.add_argument("--host", default="127.0.0.1", help="generative artifacts: the address to bind")
+    parser.add_argument("--max-queue", type=int, default=64, help="generative artifacts: waiting requests before 429")
+    parser.add_argument("--max-batch-size", type=int, default=None,
+                        help="generative artifacts: sequences served at once (default: the manifest's)")
+    parser.add_argument("--prompt", default="Hello", help="generative artifacts without --serve: the prompt")
+    parser.add_argument("--max-tokens", type=int, default=16, help="generative artifacts without --serve")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         try:
-            manifest, predict = load(open_artifact(args.artifact, Path(scratch)))
+            folder = open_artifact(args.artifact, Path(scratch))
+            if _kind(folder) == LLM_ENGINE:
+                return _run_llm(folder, args)
+            manifest, predict = load(folder)
         except (ArtifactError, OSError) as error:
             print(f"advisor.runtime: error: {error}", file=sys.stderr)
             return 2
         if args.serve:
-            _serve(manifest, predict, args.port)
+            _serve(manifest, predict, args.port or 8080)
             return 0
         if args.input is None:
             feeds = sample_feeds(manifest)
