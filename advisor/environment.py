@@ -10,14 +10,22 @@ import socket
 
 import advisor
 from hwprofiles.targets import Target
+from tuners.registry import declared_packages
 
-PACKAGES = ("onnx", "onnxruntime", "onnxruntime-gpu", "onnxslim", "numpy", "scikit-learn", "apache-tvm",
-            "apache-tvm-ffi", "tensorrt", "torch", "transformers", "optimum", "ray")
+# what every run uses besides the backends (the reference, model analysis, export, cluster); each backend's own
+# packages are declared in its registry entry (tuners/registry.py)
+CORE_PACKAGES = ("onnx", "onnxruntime", "onnxslim", "numpy", "scikit-learn", "torch", "transformers", "optimum",
+                 "ray")
+
+
+def packages() -> list[str]:
+    return list(dict.fromkeys((*CORE_PACKAGES, *declared_packages())))
 
 
 def package_versions() -> dict[str, str]:
+    """Installed versions of the core packages and of every registered backend's declared packages."""
     versions = {}
-    for name in PACKAGES:
+    for name in packages():
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

@@ -26,6 +26,7 @@ from advisor.slo import Slo, judge
 from advisor.trials import Trial
 from hwprofiles.catalog import Catalog, Instance
 from hwprofiles.targets import Target
+from tuners.registry import accepts_any_batch, portable_across_cpus, thread_count
 
 NEAR_TIE = 0.05  # rows within 5 % of the winner's cost are shown as ties
 NOT_MEASURED_GPU = "not measured: run on a GPU host or add a GPU node to --cluster"
@@ -120,7 +121,8 @@ class CandidateCurve:
     run_to_run: float = 1.0  # each measured interval is widened by this factor at both ends (run_to_run_factor)
 
     def threads(self) -> int:
-        return int(self.config.get("intra_op_threads", 0) or 0)
+        """The threads one inference uses (0: all cores), from the backend's declared thread setting."""
+        return thread_count(self.backend, self.config)
 
     def points(self, percentile: str) -> dict[int, BatchPoint]:
         return {b: _measured_figure(t, percentile, self.run_to_run) for b, t in self.by_batch.items()}
@@ -264,7 +266,7 @@ class _Estimator:
                 # solo measurements only (search and sweep): a head-to-head's figures are for deciding, not fitting
                 if (trial.ok and trial.target == target.id and trial.phase != "confirm"
                         and trial.config.get("precision", "fp32") == "fp32"):
-                    threads = int(trial.config.get("intra_op_threads", 0) or 0)
+                    threads = thread_count(trial.backend, trial.config)
                     profile = trial.details.get("op_class_ms") or None
                     by_backend.setdefault(trial.backend, []).append(
                         Observation(Work.of(inputs.info, trial.batch_size), threads, hardware, trial.latency.p50,
@@ -300,7 +302,7 @@ class _Estimator:
         model = self.model_for(trial)
         work = Work.of(self.inputs.info, point.batch_size)
         # the candidate runs with its own thread setting there too (0, ONNX Runtime's default: all cores)
-        threads = int(trial.config.get("intra_op_threads", 0) or 0)
+        threads = thread_count(trial.backend, trial.config)
         other = instance_hardware(instance)
         latency, interval, kind = transfer(point.latency_ms, point.interval_ms, model, work, reference, threads,
                                            other, threads)
@@ -430,13 +432,10 @@ def _better(a: RankedRow, b: RankedRow | None) -> bool:
     return _key(a) < _key(b)
 
 
-# Backends whose deployable form is machine code for the CPU it was tuned on (TVM: -mcpu): their artifact does
-# not carry over to another microarchitecture, so such an estimate is shown but never recommended.
-CPU_SPECIFIC_BACKENDS = ("tvm",)
-
-
 def _portability(curve_backend: str, kind: str) -> str | None:
-    if curve_backend in CPU_SPECIFIC_BACKENDS and kind not in ("same", "gpu_from_gpu"):
+    """Why an estimate on another CPU is shown but never recommended: the backend declares its deployable form
+    machine code for the CPU it was tuned on (TVM: -mcpu), which does not carry over to another microarchitecture."""
+    if not portable_across_cpus(curve_backend) and kind not in ("same", "gpu_from_gpu"):
         return (f"the {curve_backend} build is compiled and tuned for the measured CPU; run advisor on this "
                 "instance or a --cluster node of this type to tune and package it there")
     return None
@@ -484,8 +483,6 @@ class _Context:
 
 
 def _context(inputs: RankingInputs) -> _Context:
-    from tuners.registry import accepts_any_batch  # here: a malformed ADVISOR_TUNERS must not break the import
-
     slo_batch = inputs.batch_size or 1
     run_to_run = run_to_run_factor(inputs.trials, inputs.slo.percentile)
     curves = [c for c in _curves(inputs.trials, run_to_run.factor) if slo_batch in c.by_batch]

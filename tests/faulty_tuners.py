@@ -14,7 +14,7 @@ FAULTS = ("segfault", "abort", "hang", "oom", "raise")
 class FaultyTuner(Tuner):
     name = "faulty"
 
-    def availability(self, target):
+    def probe(self, target):
         return Availability.yes() if target.kind == "cpu" else Availability.no("CPU only")
 
     def search(self, ctx):
@@ -57,7 +57,7 @@ class CrashingTvmTuner(Tuner):
 
         self.tvm = TvmTuner()
 
-    def availability(self, target):
+    def probe(self, target):
         return self.tvm.availability(target)
 
     def search(self, ctx):

@@ -23,6 +23,19 @@ if TYPE_CHECKING:  # the artifact runner imports this module with only numpy and
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What the rest of the advisor knows about a backend without importing it. Declared once, in the backend's
+    registry entry (tuners/registry.py); read through the registry, never by testing a backend's name."""
+
+    packages: tuple[str, ...] = ()  # distributions it runs on: reported in the run's environment and by versions()
+    install_hint: str | None = None  # how to install them; None: derived from the entry's pip extra
+    thread_setting: str | None = None  # config key with the threads one inference uses (0 or absent: all cores)
+    portable_across_cpus: bool = True  # False: the deployable form is machine code for the CPU it was tuned on
+    remote_devices: bool = False  # builds for and measures on a TVM RPC device (Target.rpc)
+    any_batch: bool = True  # one build serves every batch size (False: builds are compiled for one shape)
+
+
+@dataclass(frozen=True)
 class Availability:
     available: bool
     reason: str | None = None  # why not, in words a user can act on
@@ -161,9 +174,34 @@ class Tuner(ABC):
 
     name: ClassVar[str]
 
-    @abstractmethod
+    @property
+    def capabilities(self) -> Capabilities:
+        """This backend's registry entry's declarations (the defaults when it is not registered)."""
+        from tuners.registry import capabilities_of  # the registry imports this module
+
+        return capabilities_of(self.name)
+
     def availability(self, target: Target) -> Availability:
-        """Can this backend run on this target here and now? If not, the reason."""
+        """Can this backend run on this target here and now? If not, the reason. Targets the registry entry says
+        it cannot drive (a TVM RPC device, unless it declares remote_devices) are refused without asking it."""
+        if target.rpc is not None and not self.capabilities.remote_devices:
+            from tuners.registry import remote_backends
+
+            return Availability.no(f"a TVM RPC device runs only code built for it by "
+                                   f"{', '.join(remote_backends()) or 'a backend that declares remote devices'}")
+        return self.probe(target)
+
+    @abstractmethod
+    def probe(self, target: Target) -> Availability:
+        """Is this backend's runtime installed, and can it drive this target? (`availability` asks it.)"""
+
+    def not_installed(self) -> Availability:
+        """The unavailability of a backend whose packages are missing, with the entry's install hint."""
+        from tuners.registry import install_hint_of
+
+        package = self.capabilities.packages[0] if self.capabilities.packages else self.name
+        hint = install_hint_of(self.name)
+        return Availability.no(f"{package} is not installed" + (f" ({hint})" if hint else ""))
 
     @abstractmethod
     def search(self, ctx: TuneContext) -> Search:
@@ -182,5 +220,14 @@ class Tuner(ABC):
         """Load what `export` wrote, with only this backend's runtime; returns feeds -> outputs."""
 
     def versions(self) -> dict[str, str]:
-        """Versions of the packages this backend uses, for the report and the artifact manifest."""
-        return {}
+        """Versions of the packages this backend uses, for the report and the artifact manifest: by default those
+        of the entry's declared packages that are installed."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        found = {}
+        for package in self.capabilities.packages:
+            try:
+                found[package] = version(package)
+            except PackageNotFoundError:
+                continue
+        return found

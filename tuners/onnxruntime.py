@@ -152,13 +152,11 @@ class OrtSearch(StagedSearch):
 class OnnxRuntimeTuner(Tuner):
     name = "onnxruntime"
 
-    def availability(self, target: Target) -> Availability:
-        if target.rpc is not None:
-            return Availability.no("a TVM RPC device runs only TVM-compiled code (the tvm backend measures it)")
+    def probe(self, target: Target) -> Availability:
         try:
             import onnxruntime as ort
         except ImportError:
-            return Availability.no("onnxruntime is not installed (pip install onnxruntime)")
+            return self.not_installed()
         providers = ort.get_available_providers()
         if target.kind == "cpu":
             return Availability.yes() if CPU_PROVIDER in providers else Availability.no("no CPU execution provider")
@@ -226,8 +224,3 @@ class OnnxRuntimeTuner(Tuner):
         session = ort.InferenceSession(str(folder / "model.onnx"), session_options(settings),
                                        providers=providers_for(settings))
         return lambda feeds: session.run(None, dict(feeds))
-
-    def versions(self) -> dict[str, str]:
-        import onnxruntime as ort
-
-        return {"onnxruntime": ort.__version__}

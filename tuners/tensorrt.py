@@ -97,9 +97,7 @@ class TensorRtCompiledModel(CompiledModel):
 class TensorRtTuner(Tuner):
     name = "tensorrt"
 
-    def availability(self, target: Target) -> Availability:
-        if target.rpc is not None:
-            return Availability.no("a TVM RPC device runs only TVM-compiled code (the tvm backend measures it)")
+    def probe(self, target: Target) -> Availability:
         if target.kind != "cuda" or target.gpu is None:
             return Availability.no("TensorRT runs only on NVIDIA GPUs")
         reason = trt_lib.unavailable_reason(target, trt_lib.probe_install())

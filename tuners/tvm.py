@@ -111,7 +111,7 @@ class TvmCompiledModel(CompiledModel):
 class TvmTuner(Tuner):
     name = "tvm"
 
-    def availability(self, target: Target) -> Availability:
+    def probe(self, target: Target) -> Availability:
         if target.rpc is not None:  # TVM RPC hook: a remote device (tuners/tvm_rpc.py)
             from tuners import tvm_rpc
 
@@ -119,7 +119,7 @@ class TvmTuner(Tuner):
         try:
             import tvm
         except ImportError:
-            return Availability.no("apache-tvm is not installed (pip install 'advisor[tvm]')")
+            return self.not_installed()
         if target.kind == "cpu":
             if not tvm.runtime.enabled("llvm"):
                 return Availability.no("this TVM build has no LLVM code generator for CPUs")
