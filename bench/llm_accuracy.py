@@ -58,7 +58,7 @@ def evaluate(records: list[LlmMeasurement]) -> list[tuple[dict, Calibration | No
     for (kind, device, engine), mine in sorted(group_records(records).items()):
         calibration = calibrate(device, engine, mine)
         points = held_out_points(device, engine, mine)
-        refused = [f"{r.id}: serving run not used: {why}" for r in mine for why in record_steps(r).refused]
+        refused = [f"{r.id}: not used: {why}" for r in mine for why in record_steps(r).refused]
         steps = sum(len(record_steps(r).steps) for r in mine)
         results.append(({
             "hardware": device, "kind": kind, "engine": engine,

@@ -145,7 +145,7 @@ def test_a_serving_run_under_load_gives_no_steps_and_says_why():
     # the calibration says which serving run it could not use
     fit = calibrate("H100", "vllm", [synthetic("steps", LLAMA_8B), busy])
     assert fit.measurements == ("steps",) and fit.points == 8
-    assert fit.notes == ("busy: serving run not used: " + reduced.refused[0],)
+    assert fit.notes == ("busy: not used: " + reduced.refused[0],)
 
 
 def test_without_matching_records_the_prior_is_used():
@@ -285,3 +285,21 @@ def test_the_accuracy_bench_reports_held_out_error_and_writes_json(tmp_path):
     # the library gives the same held-out points the bench wrote
     records = load_measurements([folder], stored=False)
     assert len(held_out_points("H100", "vllm", records)) == 18
+
+
+def test_a_model_whose_weights_stay_in_the_caches_does_not_calibrate_bandwidth():
+    """A tiny model's steps read cache, not DRAM: fitted as is, its 'bandwidth' efficiency exceeds 1 and the planner
+    would promise a 1B model's decode steps faster than DRAM allows. Such records are reported, not fitted."""
+    import dataclasses
+
+    tiny = dataclasses.replace(LLAMA_1B, weight_bytes=2e6, active_weight_bytes=2e6)
+    xeon = Hardware("cpu", "Intel(R) Xeon(R) Processor", 1, 3.7, 60.0, {"microarchitecture": "sapphirerapids"})
+    record = synthetic("cpu-tiny", tiny, hardware=xeon, engine="onnxruntime-genai", noise=0.02, seed=3)
+    assert calibrate("sapphirerapids", "onnxruntime-genai", [record]) is None
+    assert efficiency_for("sapphirerapids", "onnxruntime-genai", [record]) == \
+        prior_efficiency("sapphirerapids", "onnxruntime-genai")
+    assert "stay in the cpu's caches" in calibration.cache_resident_reason(record)
+    big = synthetic("cpu-1b", LLAMA_1B, hardware=xeon, engine="onnxruntime-genai", noise=0.02, seed=4)
+    fit = calibrate("sapphirerapids", "onnxruntime-genai", [record, big])
+    assert fit is not None and fit.measurements == ("cpu-1b",)
+    assert any("cpu-tiny: not used: its weights" in note for note in fit.notes)

@@ -57,7 +57,9 @@ def test_llama_70b_is_planned_end_to_end(llama_70b_run):
     assert "Recommendation:" in result.output and (out / "summary.md").is_file()
     page = (out / "report.html").read_text()
     assert "<script" not in page and "script-src &#39;none&#39;" in page  # offline and inert
-    assert f"<h2 id=\"verdict-title\">{rec['instance']} —" in page and page.count('class="recommended"') == 1
+    assert f"<h2 id=\"verdict-title\">{rec['instance']} —" in page
+    # one recommended row in the ranking, one in the load-curve table (the planned rate)
+    assert page.count('class="recommended"') == 1 + (report["load_curve"] is not None)
 
 
 def test_the_serving_artifact_is_written_and_verifies(llama_70b_run):

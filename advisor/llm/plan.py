@@ -33,7 +33,7 @@ from hwprofiles.catalog import Catalog, Instance
 HOURS_PER_MONTH = 730.0
 GPU_MEMORY_UTILISATION = 0.9  # vLLM's default --gpu-memory-utilization
 ENGINE_SETTINGS = ((64, 2048), (256, 8192))  # (max_num_seqs, max_num_batched_tokens) tried per candidate
-ENGINE = "vllm"
+GPU_ENGINE = "vllm"  # what GPU rows are planned for and their artifact launches
 SIMULATED_PER_INSTANCE = 4  # candidates simulated per instance, by ascending cost bound
 
 
@@ -99,6 +99,7 @@ class LlmRow:
     memory: dict
     notes: tuple[str, ...] = ()
     pareto_tokens_per_s_per_user: float = 0.0  # 1000 / itl_ms: the decode speed one user sees
+    engine: str = GPU_ENGINE  # the serving engine the row is planned for (its efficiency factors are that engine's)
 
     def to_dict(self) -> dict:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -173,6 +174,7 @@ class _Candidate:
     tensor_parallel: int
     memory: MemoryFit
     engine: EngineConfig
+    serving_engine: str = GPU_ENGINE  # the engine that serves it: vllm on GPUs, onnxruntime-genai for CPU fp32/int4
 
 
 class Planner:
@@ -182,7 +184,7 @@ class Planner:
         self._memory_misses: list[dict] = []
         self._anything_fitted = False
         self._measurements = tuple(request.measurements) or tuple(load_measurements())
-        self._efficiency: dict[str, Efficiency] = {}  # per device name: one calibration per plan
+        self._efficiency: dict[tuple[str, str], Efficiency] = {}  # per device and engine, once per plan
 
     def plan(self) -> Plan:
         rows: list[LlmRow] = []
@@ -251,9 +253,10 @@ class Planner:
             "reason": memory.reason})
 
     def _step(self, device: Device, candidate: _Candidate) -> StepModel:
-        if device.name not in self._efficiency:
-            self._efficiency[device.name] = efficiency_for(device.name, ENGINE, self._measurements)
-        efficiency = self._efficiency[device.name]
+        key = (device.name, candidate.serving_engine)
+        if key not in self._efficiency:
+            self._efficiency[key] = efficiency_for(device.name, candidate.serving_engine, self._measurements)
+        efficiency = self._efficiency[key]
         return StepModel(model_work(self.request.arch, candidate.precision, candidate.kv_dtype), device, efficiency)
 
     def _misses_unloaded(self, step: StepModel, candidate: _Candidate) -> str | None:
@@ -295,11 +298,12 @@ class Planner:
                     for seqs, chunk in ENGINE_SETTINGS:
                         engine = EngineConfig(max_num_seqs=max(1, min(seqs, memory.max_concurrent_sequences)),
                                               max_num_batched_tokens=chunk, kv_capacity_tokens=kv_tokens)
-                        yield _Candidate(precision, kv_dtype, tp, memory, engine)
+                        yield _Candidate(precision, kv_dtype, tp, memory, engine,
+                                         precision.engines_for(caps)[0])
 
     def _row(self, instance: Instance, candidate: _Candidate, device: Device, step: StepModel,
              reasons: list[str]) -> LlmRow | None:
-        key = (device, candidate.precision.name, candidate.kv_dtype, candidate.engine)
+        key = (device, candidate.precision.name, candidate.kv_dtype, candidate.engine, candidate.serving_engine)
         if key not in self._simulated:
             rate, result = max_rate_meeting(step, self.request.workload, candidate.engine,
                                             self.request.slo.for_simulation())
@@ -343,7 +347,8 @@ def _make_row(request: PlanRequest, instance: Instance, candidate: _Candidate, r
         cost_per_million_tokens=price / (tokens_per_s * 3600.0) * 1e6, instances_needed=instances_needed,
         monthly_cost=instances_needed * price * HOURS_PER_MONTH if instances_needed else None,
         meets_slo=True, source=source.split(":")[0], efficiency_source=source.split(": ", 1)[-1],
-        memory=candidate.memory.to_dict(), pareto_tokens_per_s_per_user=1000.0 / itl if itl > 0 else 0.0)
+        memory=candidate.memory.to_dict(), pareto_tokens_per_s_per_user=1000.0 / itl if itl > 0 else 0.0,
+        engine=candidate.serving_engine)
 
 
 def _summarise(reasons: list[str]) -> str:

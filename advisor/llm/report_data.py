@@ -80,7 +80,7 @@ def chosen_configuration(request: PlanRequest, row: LlmRow) -> ChosenConfigurati
     if device is None:
         raise ReportDataError(f"the catalogue lacks the peak figures of {row.instance}")
     step = Planner(request)._step(device, _Candidate(precision, row.kv_cache_dtype, row.tensor_parallel, memory,
-                                                     engine))
+                                                     engine, row.engine))
     if step.efficiency.source != row.efficiency_source:
         raise ReportDataError(f"the rebuilt step model's efficiency ({step.efficiency.source}) is not the plan's "
                               f"({row.efficiency_source}): build the PlanRequest the plan was given")
