@@ -68,6 +68,10 @@ BUILTIN: tuple[TunerEntry, ...] = (
     TunerEntry("tensorrt", "tuners.tensorrt:TensorRtTuner", "NVIDIA TensorRT engines", extra="tensorrt",
                capabilities=Capabilities(packages=("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "cuda-python"),
                                          any_batch=False)),
+    TunerEntry("openvino", "tuners.openvino:OpenVinoTuner",
+               "OpenVINO on CPUs: performance hints, streams, threads, bf16 where the CPU computes it",
+               extra="openvino", capabilities=Capabilities(packages=("openvino",),
+                                                           thread_setting="inference_num_threads")),
 )
 
 
