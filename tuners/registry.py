@@ -113,7 +113,7 @@ def _json_plugins(text: str) -> list[TunerEntry]:
 
 
 def _plugins(spec: str) -> list[TunerEntry]:
-    if spec.lstrip().startswith("["):
+    if spec.lstrip().startswith(("[", "{")):
         return _json_plugins(spec)
     entries = []
     for item in filter(None, (part.strip() for part in spec.split(","))):
