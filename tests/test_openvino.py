@@ -129,8 +129,8 @@ def test_fp32_is_compiled_as_fp32_even_where_the_plugin_defaults_to_bf16(cpu, ma
     bf16 = Candidate("openvino", "cpu", {**baseline_config(), "precision": "bf16"})
     if machine_bf16:
         assert tuner.build(bf16, ctx).details["inference_precision"] == "bf16"
-    else:  # never measured under a name it does not have
-        with pytest.raises(RuntimeError, match="compiled f32 where bf16 was asked for"):
+    else:  # never measured under a name it does not have: refused by the plugin or by the read-back check
+        with pytest.raises(RuntimeError):
             tuner.build(bf16, ctx)
 
 

@@ -101,8 +101,9 @@ def compile_checked(core, model, config: Mapping[str, Any]):
     got = compiled.get_property("INFERENCE_PRECISION_HINT")
     want = getattr(ov.Type, OV_PRECISIONS[config["precision"]])
     if got != want:
-        raise RuntimeError(f"OpenVINO compiled {got} where {want} was asked for (its CPU capabilities: "
-                           f"{', '.join(core.get_property(DEVICE, 'OPTIMIZATION_CAPABILITIES'))})")
+        capabilities = ", ".join(core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES"))
+        raise RuntimeError(f"OpenVINO compiled {got.get_type_name()} where {want.get_type_name()} was asked for "
+                           f"(its CPU capabilities: {capabilities})")
     return compiled
 
 
