@@ -252,6 +252,12 @@ def paired_difference(challenger: Sequence[Sequence[float]], baseline: Sequence[
     rounds = min(len(challenger), len(baseline))
     q = _QUANTILE[percentile]
     point = float(np.percentile(_flat(challenger), q) - np.percentile(_flat(baseline), q))
+    if rounds < MIN_PAIRED_ROUNDS:
+        # a bootstrap over one or two rounds cannot see round-to-round variation (one round: every resample is
+        # that round, a zero-width interval): no decision, an interval as wide as every sample's spread
+        pooled = np.concatenate([_flat(challenger), _flat(baseline)])
+        spread = float(pooled.max() - pooled.min())
+        return Difference(percentile, point, (-spread, spread))
     rng = np.random.default_rng(seed)
     diffs = np.empty(resamples)
     for i in range(resamples):
@@ -263,6 +269,7 @@ def paired_difference(challenger: Sequence[Sequence[float]], baseline: Sequence[
 
 
 _QUANTILE = {"p50": 50, "p90": 90, "p95": 95, "p99": 99}
+MIN_PAIRED_ROUNDS = 3  # rounds a head-to-head needs before paired_difference may call a winner
 
 
 def _flat(blocks) -> np.ndarray:

@@ -101,6 +101,18 @@ def test_paired_difference_ties_and_wins():
     assert paired_difference(base, faster, "p50").worse
 
 
+def test_paired_difference_decides_nothing_on_fewer_than_three_rounds():
+    """One round bootstraps to a zero-width interval (every resample is that round): a 'win' on one round's
+    evidence is no win. Seen in a head-to-head cut short by the budget."""
+    rng = np.random.default_rng(4)
+    base = [list(rng.normal(10, 0.3, 30)) for _ in range(2)]
+    faster = [list(rng.normal(8, 0.3, 30)) for _ in range(2)]
+    for rounds in (1, 2):
+        undecided = paired_difference(faster[:rounds], base[:rounds], "p50")
+        assert not undecided.better and not undecided.worse
+        assert undecided.diff_ms == pytest.approx(-2.0, abs=0.3)
+
+
 def _spinning_pool():
     """A thread that keeps burning CPU for 0.1 s after each call, as ONNX Runtime's intra-op pool spins."""
     import threading
