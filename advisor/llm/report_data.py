@@ -7,7 +7,7 @@ points of the Pareto plot.
 - load curve: the chosen configuration simulated (advisor.llm.simulate.simulate, the same seed and duration rule as
   the planner's final run) at fractions of its planned per-replica rate; TTFT, ITL and E2E at the SLO percentile
   with their 95 % intervals, and goodput. At fraction 1.0 it is the planner's own run, so it reproduces the row's
-  figures (unless the run was capped at CURVE_MAX_REQUESTS requests).
+  figures (both capped at FINAL_MAX_REQUESTS requests).
 - Pareto points: per-user decode speed (1000 / ITL at the SLO percentile) against cost per million output tokens.
 
 The configuration is rebuilt through the planner's own pieces (the memory fit, `_device`, `Planner._step`), so the
@@ -25,16 +25,15 @@ from advisor.llm.memory import MemoryFit, fit, fit_map
 from advisor.llm.perf import StepModel
 from advisor.llm.plan import LlmRow, Planner, PlanRequest, _Candidate, _device, _memory_gib
 from advisor.llm.precision import Precision, precision_named
-from advisor.llm.simulate import MIN_REQUESTS, EngineConfig, SimResult, simulate
+from advisor.llm.simulate import FINAL_MAX_REQUESTS, MIN_REQUESTS, EngineConfig, SimResult, simulate
 from advisor.llm.workload import Workload
 from hwprofiles.catalog import Instance
 
 FIRST_CONTEXT = 1024  # the fit map's shortest context; then doubling up to the model's max context
 LOAD_FRACTIONS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 CURVE_SEED = 0  # max_rate_meeting's default seed: the point at 1.0 is the planner's final run
-# a point simulates the workload's duration, stretched to MIN_REQUESTS requests at low rates (as the planner's final
-# run does) and capped at this many requests, which bounds a point to well under a second on one core
-CURVE_MAX_REQUESTS = 12_000
+# a point simulates what the planner's final run does: the workload's duration, stretched to MIN_REQUESTS requests at
+# low rates and capped at FINAL_MAX_REQUESTS (advisor.llm.simulate)
 
 
 class ReportDataError(ValueError):
@@ -117,7 +116,7 @@ def _finite(value: float) -> float | None:
 
 def _at(workload: Workload, rate: float) -> Workload:
     """The workload at `rate` over the planner's final-run duration (max_rate_meeting), capped in requests."""
-    duration = max(min(workload.duration_s, CURVE_MAX_REQUESTS / rate), MIN_REQUESTS / rate)
+    duration = max(min(workload.duration_s, FINAL_MAX_REQUESTS / rate), MIN_REQUESTS / rate)
     return Workload(workload.prompt_tokens, workload.output_tokens, rate, workload.arrival,
                     workload.shared_prefix_fraction, duration)
 

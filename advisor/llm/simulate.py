@@ -712,7 +712,11 @@ def capacity_rps(step: StepModel, workload: Workload, engine: EngineConfig) -> f
     return 1000.0 / per_request_ms
 
 
-PROBE_REQUESTS = 1500  # requests simulated per bisection probe (the final answer uses the whole workload)
+PROBE_REQUESTS = 1500  # requests simulated per bisection probe
+# the final answer simulates the workload's duration, but at most this many requests: a small model at thousands of
+# requests/s would otherwise simulate millions (a 1-minute plan became 10); 12,000 requests give a p99 from ~120 tail
+# requests, and its bootstrap interval says how well
+FINAL_MAX_REQUESTS = 12_000
 MIN_REQUESTS = 200  # at low rates the simulated duration is stretched to hold at least this many requests
 
 
@@ -724,8 +728,8 @@ def max_rate_meeting(step: StepModel, workload: Workload, engine: EngineConfig, 
 
     The bracket defaults to [capacity / 200, 1.5 x capacity] (capacity_rps), its upper end doubled (up to four
     times) while it still meets. Probes simulate at most PROBE_REQUESTS requests (a shorter duration) and skip the
-    optimistic band run; the answer is then simulated over the whole workload (stretched to at least MIN_REQUESTS
-    requests at low rates) and, should that miss (a longer run sees rarer bursts), stepped down by 5 % up to
+    optimistic band run; the answer is then simulated over the whole workload (at most FINAL_MAX_REQUESTS requests,
+    stretched to at least MIN_REQUESTS requests at low rates) and, should that miss (a longer run sees rarer bursts), stepped down by 5 % up to
     five times. Returns (0.0, the result at `lo`) when even `lo` misses.
     """
     capacity = capacity_rps(step, workload, engine)
@@ -734,7 +738,7 @@ def max_rate_meeting(step: StepModel, workload: Workload, engine: EngineConfig, 
     if not 0 < lo < hi:
         raise SimulationError(f"the rate bracket must satisfy 0 < lo < hi, got lo={lo}, hi={hi}")
 
-    def at(rate: float, most: float = math.inf) -> Workload:
+    def at(rate: float, most: float = FINAL_MAX_REQUESTS) -> Workload:
         duration = max(min(workload.duration_s, most / rate), MIN_REQUESTS / rate)
         return Workload(workload.prompt_tokens, workload.output_tokens, rate, workload.arrival,
                         workload.shared_prefix_fraction, duration)
