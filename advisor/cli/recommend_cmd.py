@@ -75,6 +75,12 @@ def _csv(text: str | None) -> tuple[str, ...]:
                    "of two).")
 @click.option("--workload", "workload_path", type=click.Path(path_type=Path), default=None,
               help="Generative LLM: a workload file (length distributions, arrival rate; docs/llm.md).")
+@click.option("--measure/--no-measure", "measure", default=None,
+              help="Generative LLM: build and measure CPU candidates (ONNX Runtime GenAI fp32/int4) on this machine "
+                   "(default: when SOURCE has weights and the advisor[llm] extra is installed).")
+@click.option("--measurements", "measurement_paths", type=click.Path(path_type=Path), multiple=True,
+              help="Generative LLM: measurement records (advisor.llm.measurement/v1) or folders of them that "
+                   "calibrate the performance model beside the stored ones (repeatable; docs/llm.md).")
 @click.option("--generative/--fixed-shape", "generative", default=None,
               help="Plan SOURCE as a generative LLM, or export and measure it as a fixed-shape model (default: "
                    "generative for a causal-LM config).")
@@ -127,10 +133,10 @@ def _csv(text: str | None) -> tuple[str, ...]:
                    "reports).")
 @click.option("--no-artifact", is_flag=True, help="Skip exporting the deployable artifact.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display on stderr.")
-def recommend(source, slo_ms, ttft_ms, itl_ms, prompt_tokens, output_tokens, context, workload_path, generative,
-              percentile, input_shapes, opset, fp16, task, budget_s, batch_sizes, batch_size,
-              backends, out_dir, resume, json_path, catalogs, providers, region, qps, utilisation, local_price,
-              tolerance, cache_dir, min_time, trial_timeout, memory_limit, cluster, tvm_rpc, tvm_rpc_key,
+def recommend(source, slo_ms, ttft_ms, itl_ms, prompt_tokens, output_tokens, context, workload_path, measure,
+              measurement_paths, generative, percentile, input_shapes, opset, fp16, task, budget_s, batch_sizes,
+              batch_size, backends, out_dir, resume, json_path, catalogs, providers, region, qps, utilisation,
+              local_price, tolerance, cache_dir, min_time, trial_timeout, memory_limit, cluster, tvm_rpc, tvm_rpc_key,
               tvm_rpc_target, no_artifact, quiet):
     """Tune SOURCE on every backend this machine can run, rank cloud instances by cost under the SLO, and write
     the report and a deployable artifact.
@@ -142,12 +148,13 @@ def recommend(source, slo_ms, ttft_ms, itl_ms, prompt_tokens, output_tokens, con
     A causal language model (a Hugging Face folder whose config.json is enough: weights are optional) is
     planned instead, under --ttft/--itl with --prompt-tokens/--output-tokens (or --workload): every catalogue
     instance, precision, KV-cache dtype, tensor-parallel degree and engine setting, ranked by cost per million
-    output tokens, with a vLLM launch configuration as the artifact (docs/llm.md).
+    output tokens, with a vLLM launch configuration as the artifact (docs/llm.md). When the folder has weights,
+    its CPU candidates (ONNX Runtime GenAI fp32 and int4) are also built, checked against transformers and measured
+    here; a CPU recommendation then ships that engine, servable with `python -m advisor.runtime ARTIFACT --serve`.
 
     Exit status: 0 a recommendation was made, 3 nothing meets the SLO, 4 no candidate could be measured (each
     failed to build, crashed or failed its numerical check), 2 bad input, 1 internal error.
     """
-    # imported here, not at the top: a malformed ADVISOR_TUNERS must be a one-line error, not an import traceback
     from advisor.pipeline import recommend as run_recommend
     from advisor.progress import Progress, RichProgress
     from advisor.summary import print_summary
@@ -155,11 +162,13 @@ def recommend(source, slo_ms, ttft_ms, itl_ms, prompt_tokens, output_tokens, con
 
     if _generative_mode(source, generative, slo_ms, ttft_ms, itl_ms):
         return _recommend_generative(source, ttft_ms, itl_ms, percentile, prompt_tokens, output_tokens, context,
-                                     workload_path, qps, out_dir, json_path, catalogs, providers, region, no_artifact)
+                                     workload_path, qps, out_dir, json_path, catalogs, providers, region, no_artifact,
+                                     measure, measurement_paths)
     if slo_ms is None:
         raise click.UsageError("Missing option '--slo'.")
     if resume and out_dir is None:
         raise click.UsageError("--resume needs --out pointing at the run folder to continue")
+    chosen_backends = tuple(parse_backends(backends))  # reads the registry (and ADVISOR_TUNERS) before any work
     extra = {"cache_dir": cache_dir} if cache_dir else {}
     export = _export_spec(source, opset, fp16, task, input_shapes)
     out_dir = out_dir or _default_out(source, export is not None)
@@ -170,7 +179,7 @@ def recommend(source, slo_ms, ttft_ms, itl_ms, prompt_tokens, output_tokens, con
         budget_s=budget_s,
         batch_sizes=batch_sizes,
         batch_size=batch_size,
-        backends=tuple(parse_backends(backends)) if backends else (),
+        backends=chosen_backends if backends else (),
         resume=resume,
         json_path=json_path,
         catalog_paths=tuple(catalogs),
@@ -218,7 +227,8 @@ def _generative_mode(source: str, generative: bool | None, slo_ms, ttft_ms, itl_
 
 
 def _recommend_generative(source, ttft_ms, itl_ms, percentile, prompt_tokens, output_tokens, context, workload_path,
-                          qps, out_dir, json_path, catalogs, providers, region, no_artifact) -> int:
+                          qps, out_dir, json_path, catalogs, providers, region, no_artifact, measure,
+                          measurement_paths) -> int:
     from advisor.llm.plan import LlmSlo
     from advisor.llm.run import LlmRecommendConfig, recommend_llm
     from advisor.llm.summary import print_llm_summary
@@ -227,7 +237,8 @@ def _recommend_generative(source, ttft_ms, itl_ms, percentile, prompt_tokens, ou
         source=Path(source), slo=LlmSlo(ttft_ms, itl_ms, percentile), out_dir=out_dir or _default_out(source, True),
         prompt_tokens=prompt_tokens, output_tokens=output_tokens, qps=qps, context=context,
         workload_path=workload_path, catalog_paths=tuple(catalogs), providers=_csv(providers), region=region,
-        json_path=json_path, make_artifact=not no_artifact)
+        json_path=json_path, make_artifact=not no_artifact, measure=measure,
+        measurement_paths=tuple(measurement_paths))
     result = recommend_llm(config)
     print_llm_summary(result.report, result.run_dir)
     return result.exit_code

@@ -12,6 +12,9 @@ import advisor
 from advisor.environment import environment, now_iso
 from advisor.errors import UserError
 from advisor.llm.architecture import LlmArchitecture, LlmConfigError, load_architecture
+from advisor.llm.calibration import load_measurements
+from advisor.llm.engine import ENGINE_NAME
+from advisor.llm.local_candidates import LocalCandidate, measure_candidates, unavailable_reason
 from advisor.llm.plan import LlmRow, LlmSlo, Plan, PlanRequest, plan
 from advisor.llm.workload import Workload, WorkloadError, load_workload
 from advisor.runfolder import write_json_atomic
@@ -38,6 +41,8 @@ class LlmRecommendConfig:
     json_path: Path | None = None
     make_artifact: bool = True
     gpu_memory_utilisation: float = 0.9
+    measure: bool | None = None  # measure CPU candidates here: None when SOURCE has weights and the engine is installed
+    measurement_paths: tuple[Path, ...] = ()  # --measurements: records (or bench-serve results) beside the stored ones
 
 
 @dataclass(frozen=True)
@@ -91,20 +96,50 @@ def recommend_llm(config: LlmRecommendConfig) -> LlmRunResult:
     context = _context(config, arch, workload)
     catalog = load_catalog(list(config.catalog_paths), providers=list(config.providers) or None,
                            region=config.region)
+    measurements = load_measurements(config.measurement_paths)  # a bad file: one line, before anything is written
+    local_reason = unavailable_reason(config.source) if config.measure is not False else "--no-measure"
+    if config.measure and local_reason:
+        raise UserError(f"--measure: {local_reason}")
     started_at = now_iso()
-    result = plan(PlanRequest(arch=arch, workload=workload, slo=config.slo, context=context, catalog=catalog,
-                              qps=config.qps, gpu_memory_utilisation=config.gpu_memory_utilisation))
     config.out_dir.mkdir(parents=True, exist_ok=True)
+    local: list[LocalCandidate] = []
+    if local_reason is None:
+        local = measure_candidates(config.source, config.out_dir / "work", workload, progress=_say)
+    request = PlanRequest(arch=arch, workload=workload, slo=config.slo, context=context, catalog=catalog,
+                          qps=config.qps, gpu_memory_utilisation=config.gpu_memory_utilisation,
+                          measurements=tuple(measurements) + tuple(c.record for c in local if c.ok))
+    result = plan(request)
     artifact_path, artifact_error = None, None
     if result.recommendation is not None and config.make_artifact:
-        artifact_path, artifact_error = _write_artifact(config, arch, workload, context, result.recommendation)
-    report = build_llm_report(config, arch, workload, context, result, started_at, artifact_path, artifact_error)
+        artifact_path, artifact_error = _write_artifact(config, arch, workload, context, result.recommendation, local)
+    report = build_llm_report(config, request, result, started_at, artifact_path, artifact_error,
+                              LocalRun(local, local_reason))
     write_llm_report(report, config.out_dir, config.json_path)
     return LlmRunResult(report, EXIT_CODES[report["status"]], config.out_dir)
 
 
+def _say(text: str) -> None:
+    import sys
+
+    print(f"advisor: {text}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    """The candidates measured on this machine, or why none was."""
+
+    candidates: list[LocalCandidate]
+    skipped_because: str | None
+
+    def to_dict(self) -> dict:
+        return {"engine": "onnxruntime-genai", "skipped_because": self.skipped_because,
+                "candidates": [c.to_dict() for c in self.candidates]}
+
+
 def _write_artifact(config: LlmRecommendConfig, arch: LlmArchitecture, workload: Workload, context: int,
-                    row: LlmRow) -> tuple[Path | None, str | None]:
+                    row: LlmRow, local: list[LocalCandidate]) -> tuple[Path | None, str | None]:
+    if row.engine == ENGINE_NAME:
+        return _write_engine_artifact(config, arch, row, local)
     from advisor.llm.deployment import LlmDeployment
     from advisor.llm.serving_artifact import write_serving_artifact
     from advisor.llm.precision import KV_VLLM_FLAG, precision_named
@@ -131,14 +166,40 @@ def _write_artifact(config: LlmRecommendConfig, arch: LlmArchitecture, workload:
         return None, str(error)
 
 
+def _write_engine_artifact(config: LlmRecommendConfig, arch: LlmArchitecture, row: LlmRow,
+                           local: list[LocalCandidate]) -> tuple[Path | None, str | None]:
+    """A CPU recommendation served by ONNX Runtime GenAI ships the engine built and checked in this run."""
+    from advisor.llm.engine import BuiltModel
+    from advisor.llm.engine_artifact import write_engine_artifact
+    from advisor.llm.reference import ReferenceCheck
+
+    built = next((c for c in local if c.ok and c.precision == row.precision), None)
+    if built is None:
+        return None, (f"the {row.precision} {ENGINE_NAME} engine was not built in this run (it needs SOURCE's weights "
+                      f"and the advisor[llm] extra); rerun on the folder with its weights")
+    try:
+        path = write_engine_artifact(
+            BuiltModel(built.built_folder, built.precision, config.source, built.build_s or 0.0, ()),
+            config.out_dir / "artifact", served_model_name=arch.name,
+            check=ReferenceCheck(**built.check) if built.check else None,
+            measured={"ttft_ms": built.ttft_ms, "itl_ms": built.itl_ms, "peak_memory_mib": built.peak_memory_mib,
+                      "instance": row.instance, "predicted": {"ttft_ms": row.ttft_ms, "itl_ms": row.itl_ms,
+                                                              "rate_rps": row.rate_rps}})
+        return path, None
+    except (OSError, ValueError) as error:
+        return None, str(error)
+
+
 def _sha256(path: Path) -> str:
     config = path / "config.json" if path.is_dir() else path
     return hashlib.sha256(config.read_bytes()).hexdigest()
 
 
-def build_llm_report(config: LlmRecommendConfig, arch: LlmArchitecture, workload: Workload, context: int,
-                     result: Plan, started_at: str, artifact_path: Path | None, artifact_error: str | None) -> dict:
+def build_llm_report(config: LlmRecommendConfig, request: PlanRequest, result: Plan, started_at: str,
+                     artifact_path: Path | None, artifact_error: str | None, local: LocalRun) -> dict:
+    arch, workload, context = request.arch, request.workload, request.context
     rows = [r.to_dict() for r in result.rows]
+    _mark_measured_here(rows, local.candidates, request)
     recommendation = None
     if result.recommendation is not None:
         rec = result.recommendation.to_dict()
@@ -149,10 +210,7 @@ def build_llm_report(config: LlmRecommendConfig, arch: LlmArchitecture, workload
     if result.recommendation is not None:
         from advisor.llm.report_data import fit_map_for, load_curve_for
 
-        # rebuilt as recommend_llm built it; report_data raises if it does not reproduce the row's efficiency
-        request = PlanRequest(arch=arch, workload=workload, slo=config.slo, context=context, catalog=load_catalog(
-            list(config.catalog_paths), providers=list(config.providers) or None, region=config.region),
-            qps=config.qps, gpu_memory_utilisation=config.gpu_memory_utilisation)
+        # the plan's own request: report_data raises if it does not reproduce the row's efficiency
         fit_map = fit_map_for(request, result.recommendation)
         load_curve = load_curve_for(request, result.recommendation)
     return {
@@ -165,7 +223,7 @@ def build_llm_report(config: LlmRecommendConfig, arch: LlmArchitecture, workload
         "workload": {**workload.to_dict(), "context": context},
         "settings": {"qps": config.qps, "context": context, "gpu_memory_utilisation": config.gpu_memory_utilisation,
                      "catalogs": [str(p) for p in config.catalog_paths], "providers": list(config.providers),
-                     "region": config.region},
+                     "region": config.region, "measurements": [str(p) for p in config.measurement_paths]},
         "trials": [],
         "ranking": rows,
         "recommendation": recommendation,
@@ -174,8 +232,29 @@ def build_llm_report(config: LlmRecommendConfig, arch: LlmArchitecture, workload
         "pareto": result.pareto,
         "fit_map": fit_map,
         "load_curve": load_curve,
+        "local_measurements": local.to_dict(),
+        "measurements_used": sorted({m.id for m in request.measurements}),
         "environment": environment(detect_targets(), started_at),
     }
+
+
+def _mark_measured_here(rows: list[dict], local: list[LocalCandidate], request: PlanRequest) -> None:
+    """Rows of the catalogue instance this machine is (same CPU and vCPUs) and a precision measured here gain
+    `measured_here`: the engine's TTFT and inter-token latency measured one sequence at a time (no load), beside the
+    planned figures at the row's rate."""
+    from advisor.ranking import matches
+
+    measured = {c.precision: c for c in local if c.ok}
+    if not measured:
+        return
+    target = next((t for t in detect_targets() if t.kind == "cpu"), None)
+    here = {i.name for i in request.catalog.instances if target is not None and matches(i, target)}
+    for row in rows:
+        candidate = measured.get(row["precision"])
+        if row["instance"] in here and row["engine"] == ENGINE_NAME and candidate is not None:
+            row["measured_here"] = {"ttft_ms": candidate.ttft_ms, "itl_ms": candidate.itl_ms,
+                                    "load": "one sequence at a time (no load)",
+                                    "measurement_id": candidate.record.id if candidate.record else None}
 
 
 def _why(rec: dict, runner_up: dict | None) -> str:
