@@ -18,12 +18,14 @@ from advisor.runtime import ArtifactError, load, open_artifact
 from advisor.slo import Slo, SloVerdict, judge
 
 if TYPE_CHECKING:
+    from advisor.llm.verify_engine import EngineVerifyResult
     from advisor.llm.verify_llm import LlmVerifyResult
 
 EXIT_OK = 0
 EXIT_SLO_NOT_MET = 3
 EXIT_OUTPUTS_DIFFER = 4
 LLM_SERVING = "llm-serving"  # manifest["kind"] of a generative LLM's vLLM deployment (advisor.llm.serving_artifact)
+LLM_ENGINE = "llm-engine"  # manifest["kind"] of an LLM built for ONNX Runtime GenAI (advisor.llm.engine_artifact)
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ def _kind(folder: Path) -> str | None:
 
 
 def verify(artifact: Path, model: Path | None = None,
-           harness: HarnessSettings | None = None) -> VerifyResult | LlmVerifyResult:
+           harness: HarnessSettings | None = None) -> VerifyResult | LlmVerifyResult | EngineVerifyResult:
     """Verify an artifact folder or tarball. An llm-serving artifact (a vLLM deployment) is checked by
     advisor.llm.verify_llm and gives an LlmVerifyResult; every other artifact is loaded, run and timed here."""
     harness = harness or HarnessSettings()
@@ -62,6 +64,10 @@ def verify(artifact: Path, model: Path | None = None,
                 from advisor.llm.verify_llm import verify_serving_artifact
 
                 return verify_serving_artifact(folder)
+            if _kind(folder) == LLM_ENGINE:
+                from advisor.llm.verify_engine import verify_engine_artifact
+
+                return verify_engine_artifact(folder, model)
             manifest, predict = load(folder)
         except ArtifactError as error:
             raise UserError(str(error)) from None

@@ -20,11 +20,19 @@ def verify(artifact, model):
 
     An LLM serving artifact (a vLLM deployment) is checked without starting a server: checksums, a consistent
     deployment, and launch.sh, k8s.yaml and bench.sh running what deployment.json says with valid vLLM flags.
+
+    An llm-engine artifact (ONNX Runtime GenAI on a CPU) is loaded, checked again against the transformers
+    reference on the original weights (--model HF_FOLDER, default the folder it was built from; exit 4 when it
+    differs) and timed here one sequence at a time.
     """
-    from advisor.verify import LLM_SERVING, verify as run_verify
+    from advisor.verify import LLM_ENGINE, LLM_SERVING, verify as run_verify
 
     result = run_verify(artifact, model)
     manifest = result.manifest
+    if manifest.get("kind") == LLM_ENGINE:
+        for line in result.lines:
+            click.echo(line)
+        return result.exit_code
     if manifest.get("kind") == LLM_SERVING:
         if model is not None:
             click.echo("--model: not used (an llm-serving artifact holds a vLLM deployment, no model to compare)")

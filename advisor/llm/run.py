@@ -202,7 +202,8 @@ def build_llm_report(config: LlmRecommendConfig, request: PlanRequest, result: P
     _mark_measured_here(rows, local.candidates, request)
     recommendation = None
     if result.recommendation is not None:
-        rec = result.recommendation.to_dict()
+        rec = dict(rows[0])  # the first row is the recommendation, with what _mark_measured_here added
+        assert rec["instance"] == result.recommendation.instance
         runner_up = next((r for r in rows if r["instance"] != rec["instance"]), None)
         recommendation = {**rec, "artifact": str(artifact_path) if artifact_path else None,
                           "artifact_error": artifact_error, "runner_up": runner_up, "why": _why(rec, runner_up)}
@@ -233,7 +234,7 @@ def build_llm_report(config: LlmRecommendConfig, request: PlanRequest, result: P
         "fit_map": fit_map,
         "load_curve": load_curve,
         "local_measurements": local.to_dict(),
-        "measurements_used": sorted({m.id for m in request.measurements}),
+        "measurements_loaded": sorted({m.id for m in request.measurements}),
         "environment": environment(detect_targets(), started_at),
     }
 

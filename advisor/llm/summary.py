@@ -46,7 +46,9 @@ def print_llm_summary(report: dict, run_dir: Path, console: Console | None = Non
     if rec:
         console.print(f"Recommendation: {rec['instance']} ({rec['devices']}x {rec['device']}) — {rec['why']}")
         if rec.get("artifact"):
-            console.print(f"Artifact: {rec['artifact']} (launch.sh, k8s.yaml, bench.sh)")
+            what = "an ONNX Runtime GenAI engine: python -m advisor.runtime ARTIFACT --serve" \
+                if rec.get("engine") == "onnxruntime-genai" else "launch.sh, k8s.yaml, bench.sh"
+            console.print(f"Artifact: {rec['artifact']} ({what})")
         elif rec.get("artifact_error"):
             console.print(f"Artifact not written: {rec['artifact_error']}")
     else:
@@ -59,7 +61,28 @@ def print_llm_summary(report: dict, run_dir: Path, console: Console | None = Non
             first = next(iter(report.get("excluded") or []), None)
             detail = f"; e.g. {first['instance']}: {first['reason']}" if first else ""
         console.print(f"No instance meets the SLOs{detail}")
+    for line in local_measurement_lines(report.get("local_measurements")):
+        console.print(line)
     console.print(f"Report: {run_dir / 'report.html'}  JSON: {run_dir / 'report.json'}")
+
+
+def local_measurement_lines(local: dict | None) -> list[str]:
+    """One line per candidate measured on this machine (advisor.llm.local_candidates), or why none was."""
+    if not local:
+        return []
+    if local.get("skipped_because"):
+        return [f"Measured here: nothing ({local['skipped_because']})"]
+    lines = []
+    for c in local.get("candidates", []):
+        if c["status"] != "ok":
+            lines.append(f"Measured here: {c['precision']} ({c['engine']}) failed: {c['reason']}")
+            continue
+        ttft, itl = c["ttft_ms"], c["itl_ms"]
+        lines.append(f"Measured here: {c['precision']} ({c['engine']}, one sequence at a time): TTFT p50 "
+                     f"{ttft['p50']:.3g} ms [{ttft['interval_p50'][0]:.3g}-{ttft['interval_p50'][1]:.3g}], "
+                     f"inter-token p50 {itl['p50']:.3g} ms [{itl['interval_p50'][0]:.3g}-{itl['interval_p50'][1]:.3g}]"
+                     f", +{c['peak_memory_mib']:.0f} MiB; reference check passed ({c['reference_check']['rule']})")
+    return lines
 
 
 def _md(text) -> str:
@@ -89,6 +112,9 @@ def render_llm_markdown(report: dict) -> str:
     lines += ["| " + " | ".join(_md(c) for c in _cells(i, r)) + " |"
               for i, r in enumerate(report["ranking"][:TOP_ROWS], start=1)]
     lines += _fit_map_lines(report.get("fit_map")) + _load_curve_lines(report.get("load_curve"), slo)
+    measured = local_measurement_lines(report.get("local_measurements"))
+    if measured:
+        lines += [""] + [f"- {_md(line)}" for line in measured]
     excluded = report.get("excluded") or []
     if excluded:
         lines += ["", f"**Excluded ({len(excluded)}):** " + "; ".join(
