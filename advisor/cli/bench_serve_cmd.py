@@ -180,10 +180,25 @@ def print_summary(summary: dict) -> None:
 @click.option("--api-key", default=None, help="Sent as 'Authorization: Bearer KEY'.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Write the results (schema advisor.bench_serve/v1) here.")
+@click.option("--record", "record_path", type=click.Path(path_type=Path), default=None,
+              help="Also write the run as a measurement record (advisor.llm.measurement/v1) for `advisor recommend "
+                   "--measurements`; needs --instance, --model-config and --precision.")
+@click.option("--instance", default=None, help="--record: the catalogue instance the server ran on.")
+@click.option("--model-config", type=click.Path(path_type=Path), default=None,
+              help="--record: the served model's Hugging Face folder or config.json.")
+@click.option("--precision", default=None, help="--record: the served precision (bf16, fp16, fp8, int8-wo, int4-wo, "
+                                                "fp32).")
+@click.option("--tensor-parallel", type=click.IntRange(min=1), default=1, show_default=True,
+              help="--record: GPUs per engine replica.")
+@click.option("--engine", "engine_name", default="vllm", show_default=True, help="--record: the serving engine.")
+@click.option("--engine-version", default="unknown", show_default=True, help="--record: its version.")
+@click.option("--catalog", "catalogs", type=click.Path(path_type=Path), multiple=True,
+              help="--record: extra catalogue files in which to find --instance.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress line on stderr.")
 def bench_serve(url, endpoint, model, rate, arrival, concurrency, duration_s, num_requests, prompt_tokens,
                 output_tokens, workload_path, trace_path, ttft_ms, itl_ms, prompt_ids, vocab_size, ignore_eos, warmup,
-                request_timeout_s, drain_timeout_s, seed, api_key, json_path, quiet):
+                request_timeout_s, drain_timeout_s, seed, api_key, json_path, record_path, instance, model_config,
+                precision, tensor_parallel, engine_name, engine_version, catalogs, quiet):
     """Load-test the OpenAI-compatible server at URL (vLLM, SGLang, TGI, llama.cpp, the advisor's own) with
     streamed requests, and report TTFT, inter-token latency, TPOT and end-to-end latency (p50/p90/p95/p99 with 95 %
     intervals), throughput, and goodput against --ttft/--itl. Definitions: docs/llm.md, "Metric definitions".
@@ -196,6 +211,7 @@ def bench_serve(url, endpoint, model, rate, arrival, concurrency, duration_s, nu
     config = _config(url, endpoint, model, rate, arrival, concurrency, duration_s, num_requests, prompt_tokens,
                      output_tokens, workload_path, trace_path, prompt_ids, vocab_size, ignore_eos, warmup,
                      request_timeout_s, drain_timeout_s, seed, api_key)
+    where = _record_instance(record_path, instance, model_config, precision, catalogs)
     model = check_server(config)  # before the progress line: an unreachable URL is one line, alone
     progress = None if quiet else _ProgressLine(config)
     try:
@@ -206,5 +222,35 @@ def bench_serve(url, endpoint, model, rate, arrival, concurrency, duration_s, nu
     summary = run.summary(ttft_ms, itl_ms)
     if json_path is not None:
         write_json_atomic(json_path, summary)
+    if record_path is not None:
+        from advisor.llm.serving_record import serving_record
+
+        record = serving_record(summary, instance=where, model_config=model_config, precision=precision,
+                                tensor_parallel=tensor_parallel, engine=engine_name, engine_version=engine_version)
+        write_json_atomic(record_path, record.to_dict())
     print_summary(summary)
+    if record_path is not None:
+        print(f"measurement record {record.id}: {record_path} (advisor recommend ... --measurements {record_path})")
     return 0
+
+
+def _record_instance(record_path, instance, model_config, precision, catalogs):
+    """--record's instance from the catalogues, checked (with the model config and precision) before any request."""
+    if record_path is None:
+        return None
+    missing = [flag for flag, value in (("--instance", instance), ("--model-config", model_config),
+                                        ("--precision", precision)) if value is None]
+    if missing:
+        raise UserError(f"--record needs {', '.join(missing)}: where the server ran and what it served")
+    from advisor.llm.architecture import load_architecture
+    from advisor.llm.precision import precision_named
+    from hwprofiles.catalog import load_catalog
+
+    load_architecture(model_config)  # a missing or non-causal-LM config: one line now, not after the run
+    precision_named(precision)
+    catalog = load_catalog(list(catalogs))
+    found = catalog.get(instance)
+    if found is None:
+        raise UserError(f"--instance {instance!r} is not in the catalogue ({len(catalog)} instances; --catalog FILE "
+                        "adds yours)")
+    return found

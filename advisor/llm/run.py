@@ -200,6 +200,7 @@ def build_llm_report(config: LlmRecommendConfig, request: PlanRequest, result: P
     arch, workload, context = request.arch, request.workload, request.context
     rows = [r.to_dict() for r in result.rows]
     _mark_measured_here(rows, local.candidates, request)
+    _mark_measured_serving(rows, request)
     recommendation = None
     if result.recommendation is not None:
         rec = dict(rows[0])  # the first row is the recommendation, with what _mark_measured_here added
@@ -256,6 +257,21 @@ def _mark_measured_here(rows: list[dict], local: list[LocalCandidate], request: 
             row["measured_here"] = {"ttft_ms": candidate.ttft_ms, "itl_ms": candidate.itl_ms,
                                     "load": "one sequence at a time (no load)",
                                     "measurement_id": candidate.record.id if candidate.record else None}
+
+
+def _mark_measured_serving(rows: list[dict], request: PlanRequest) -> None:
+    """Rows with a bench-serve record of their instance, precision and tensor-parallel degree gain
+    `measured_serving`; their source becomes `measured` only when that run met the SLOs at the planned rate
+    (advisor.llm.serving_record)."""
+    from advisor.llm.serving_record import measured_serving
+
+    served = [m for m in request.measurements if m.serving]
+    for row in rows if served else []:
+        judged = measured_serving(row, served, request.slo.to_dict())
+        if judged is not None:
+            row["measured_serving"] = judged
+            if judged["confirms_plan"]:
+                row["source"] = "measured"
 
 
 def _why(rec: dict, runner_up: dict | None) -> str:
