@@ -15,6 +15,8 @@ from advisor.cli import cli
 from cli_helpers import invoke, one_line_error
 
 FAST = ["--backends", "onnxruntime", "--budget", "60s", "--min-time", "0.2s", "--batch-sizes", "1,2", "--quiet"]
+# runs whose tests read only the verdict, not a completed search: half the budget
+QUICK = [*FAST[:2], "--budget", "30s", *FAST[4:]]
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -160,7 +162,7 @@ def test_budget_bounds_the_whole_run_tvm_tuning_and_artifact_included(cnn_path, 
 
 
 def test_nothing_meets_the_slo(mlp_path, tmp_path):
-    result = invoke("recommend", mlp_path, "--slo", "0.0001ms", "--out", tmp_path / "run", "--no-artifact", *FAST)
+    result = invoke("recommend", mlp_path, "--slo", "0.0001ms", "--out", tmp_path / "run", "--no-artifact", *QUICK)
     assert result.exit_code == 3, result.output
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["status"] == "no_slo_met" and report["recommendation"] is None
@@ -172,7 +174,7 @@ def test_a_model_whose_optimised_fp32_differs_beyond_1e3_still_gets_a_recommenda
     """The numeric check is calibrated on the model: legitimate fp32 executions that disagree by more than a fixed
     1e-3 (rounding magnified by the model) set the noise floor, and the stock configuration is never rejected."""
     out = tmp_path / "run"
-    result = invoke("recommend", cancelling_path, "--slo", "2s", "--out", out, "--no-artifact", *FAST)
+    result = invoke("recommend", cancelling_path, "--slo", "2s", "--out", out, "--no-artifact", *QUICK)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "recommended" and report["recommendation"] is not None

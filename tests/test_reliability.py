@@ -20,7 +20,7 @@ def test_faulty_backend_is_isolated(mlp_path, tmp_path):
     done = subprocess.run(
         [sys.executable, "-c", "from advisor.cli import main; main()", "recommend", str(mlp_path), "--slo", "50ms",
          "--backends", "onnxruntime,faulty", "--budget", "150s", "--min-time", "0.2s", "--batch-sizes", "1",
-         "--trial-timeout", "20s", "--memory-limit", "1500", "--out", str(out), "--quiet", "--no-artifact"],
+         "--trial-timeout", "12s", "--memory-limit", "1500", "--out", str(out), "--quiet", "--no-artifact"],
         capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
@@ -29,7 +29,7 @@ def test_faulty_backend_is_isolated(mlp_path, tmp_path):
     assert faulty["none"]["status"] == "ok"
     assert faulty["segfault"]["reason"] == "worker crashed with SIGSEGV"
     assert faulty["abort"]["reason"] == "worker crashed with SIGABRT"
-    assert faulty["hang"]["reason"] == "worker timed out after 20 s"
+    assert faulty["hang"]["reason"] == "worker timed out after 12 s"
     assert faulty["oom"]["reason"] == "worker exceeded the memory limit of 1500 MiB"
     assert faulty["raise"]["status"] == "failed"
     assert "operator 'Frobnicate'" in faulty["raise"]["reason"]
