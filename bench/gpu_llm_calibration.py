@@ -55,7 +55,7 @@ if str(REPO) not in sys.path:
 
 from advisor.llm.architecture import LlmArchitecture, load_architecture  # noqa: E402  (numpy + stdlib only)
 from advisor.llm.measurement_record import Hardware, LlmMeasurement, StepTiming  # noqa: E402
-from advisor.llm.perf import ModelWork, gpu_key, load_priors  # noqa: E402
+from advisor.llm.perf import ModelWork, gpu_key, load_priors, model_work  # noqa: E402
 from advisor.llm.precision import precision_named  # noqa: E402
 
 SCHEMA = "advisor.gpu_llm_calibration/v1"
@@ -556,18 +556,6 @@ def architecture(settings: Settings, config: dict) -> LlmArchitecture:
         return load_architecture(folder)
 
 
-def model_work(arch: LlmArchitecture, precision_name: str, kv_dtype: str) -> ModelWork:
-    """advisor.llm.plan.model_work, repeated here because plan.py imports the catalogue (pydantic), which the GPU
-    machine may lack; tests/test_gpu_llm_calibration.py checks the two agree."""
-    precision = precision_named(precision_name)
-    return ModelWork(linear_flops_per_token=arch.linear_flops_per_token(),
-                     attention_flops_per_token_context=4.0 * arch.num_layers * arch.num_attention_heads * arch.head_dim,
-                     weight_bytes=arch.weight_bytes(precision),
-                     active_weight_bytes=arch.active_weight_bytes(precision),
-                     kv_bytes_per_token=float(arch.kv_bytes_per_token(kv_dtype)), layers=arch.num_layers,
-                     hidden_size=arch.hidden_size, activation_bytes=2)
-
-
 def build_model(config: dict, device: str, dtype):
     """transformers' LlamaForCausalLM allocated directly on `device` in `dtype` (no CPU copy, no fp32 detour),
     every weight then refilled in place: matrices N(0, 0.02), norm weights 1, biases 0, so nothing depends on
@@ -935,7 +923,7 @@ def main(argv: list[str] | None = None) -> int:
     arch = None
     try:
         arch = architecture(settings, config)
-        run.work = model_work(arch, settings.dtype, "bf16")
+        run.work = model_work(arch, precision_named(settings.dtype), "bf16")
         run.model_slug = re.sub(r"[^A-Za-z0-9._-]+", "-", arch.name).strip("-") or "model"
         run.model_name = (f"{arch.name} architecture ({arch.num_layers} layers, hidden {arch.hidden_size}), "
                           f"random weights")

@@ -86,7 +86,7 @@ def calibration():
 def test_smoke_run_writes_measurements_that_round_trip(smoke):
     from advisor.llm.architecture import load_architecture
     from advisor.llm.measurement_record import LlmMeasurement
-    from advisor.llm.plan import model_work
+    from advisor.llm.perf import model_work
     from advisor.llm.precision import precision_named
 
     done, doc = smoke
@@ -102,7 +102,7 @@ def test_smoke_run_writes_measurements_that_round_trip(smoke):
     assert sorted(s.prompt_tokens for s in record.steps if s.kind == "prefill") == [16, 64]
     decode = {(s.batch, s.context) for s in record.steps if s.kind == "decode"}
     assert decode == {(1, 32), (1, 128), (4, 32), (4, 128)}
-    # the work is plan.model_work's (the script repeats it: plan.py needs pydantic) of the smoke model
+    # the work is perf.model_work of the smoke model
     smoke_config = doc["model"]["hf_config"]
     assert smoke_config["num_hidden_layers"] == 2 and smoke_config["hidden_size"] == 256
     arch_dir = Path(doc["settings"]["out"]) / "llama-3.1-8b-smoke"

@@ -39,7 +39,7 @@ from advisor.isolation import run_isolated
 from advisor.llm.architecture import load_architecture
 from advisor.llm.engine import ENGINE_NAME, BuiltModel, EngineError
 from advisor.llm.measurement_record import Hardware, LlmMeasurement, StepTiming
-from advisor.llm.plan import model_work
+from advisor.llm.perf import model_work
 from advisor.llm.precision import precision_named
 from advisor.measure import LatencyStats
 

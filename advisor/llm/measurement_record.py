@@ -104,7 +104,7 @@ class LlmMeasurement:
     engine_version: str
     versions: dict  # every other version that matters: torch, CUDA, driver, onnxruntime, python
     model: str  # a name: "tiny-llama (2 layers, hidden 128)", "Llama-3.1-8B architecture, random weights"
-    work: ModelWork  # what one token of it costs (advisor.llm.plan.model_work at `precision`)
+    work: ModelWork  # what one token of it costs (advisor.llm.perf.model_work at `precision`)
     precision: str  # advisor.llm.precision names: fp32, bf16, fp16, fp8, int8-wo, int4-wo
     tensor_parallel: int
     steps: tuple[StepTiming, ...]

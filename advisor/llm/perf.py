@@ -53,8 +53,13 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from advisor.llm.architecture import LlmArchitecture
+    from advisor.llm.precision import Precision
 
 PRIORS_PATH = Path(__file__).with_name("priors.json")
 INTERCONNECT_KINDS = ("nvswitch", "nvlink", "pcie")
@@ -92,6 +97,17 @@ class ModelWork:
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def model_work(arch: LlmArchitecture, precision: Precision, kv_dtype: str) -> ModelWork:
+    """What one token of `arch` costs at `precision` with its KV cache in `kv_dtype` (the planner, the local
+    measurement, bench-serve records and bench/gpu_llm_calibration.py all describe their model with it)."""
+    return ModelWork(linear_flops_per_token=arch.linear_flops_per_token(),
+                     attention_flops_per_token_context=4.0 * arch.num_layers * arch.num_attention_heads * arch.head_dim,
+                     weight_bytes=arch.weight_bytes(precision),
+                     active_weight_bytes=arch.active_weight_bytes(precision),
+                     kv_bytes_per_token=float(arch.kv_bytes_per_token(kv_dtype)), layers=arch.num_layers,
+                     hidden_size=arch.hidden_size, activation_bytes=2)
 
 
 @dataclass(frozen=True)

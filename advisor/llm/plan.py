@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from advisor.llm.architecture import LlmArchitecture
 from advisor.llm.memory import MemoryFit, fit, tensor_parallel_degrees
 from advisor.llm.calibration import efficiency_for, load_measurements
-from advisor.llm.perf import Device, Efficiency, ModelWork, StepModel
+from advisor.llm.perf import Device, Efficiency, StepModel, model_work
 from advisor.llm.precision import PRECISIONS, DeviceCaps, GPU_COMPUTE_CAPABILITY, Precision, \
     kv_unsupported_reason
 from advisor.llm.simulate import EngineConfig, SimResult, Slos, capacity_rps, max_rate_meeting
@@ -148,15 +148,6 @@ def kv_choices(precision: Precision) -> list[str]:
     """The KV cache in the dtype of the activations, or in fp8 (where the device supports it)."""
     native = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}.get(precision.compute_dtype, "bf16")
     return [native] if native == "fp32" else [native, "fp8"]
-
-
-def model_work(arch: LlmArchitecture, precision: Precision, kv_dtype: str) -> ModelWork:
-    return ModelWork(linear_flops_per_token=arch.linear_flops_per_token(),
-                     attention_flops_per_token_context=4.0 * arch.num_layers * arch.num_attention_heads * arch.head_dim,
-                     weight_bytes=arch.weight_bytes(precision),
-                     active_weight_bytes=arch.active_weight_bytes(precision),
-                     kv_bytes_per_token=float(arch.kv_bytes_per_token(kv_dtype)), layers=arch.num_layers,
-                     hidden_size=arch.hidden_size, activation_bytes=2)
 
 
 def _memory_gib(instance: Instance) -> float:

@@ -51,7 +51,8 @@ def instance_hardware(instance: Instance, precision_name: str, tensor_parallel: 
 def serving_record(summary: dict, *, instance: Instance, model_config: Path, precision: str, tensor_parallel: int,
                    engine: str, engine_version: str, kv_dtype: str | None = None) -> LlmMeasurement:
     """An advisor.llm.measurement/v1 record holding the bench-serve `summary` as its serving run."""
-    from advisor.llm.plan import kv_choices, model_work
+    from advisor.llm.perf import model_work
+    from advisor.llm.plan import kv_choices
 
     try:
         arch = load_architecture(Path(model_config))
