@@ -134,7 +134,8 @@ class LlmMeasurement:
     @classmethod
     def from_dict(cls, data: dict) -> LlmMeasurement:
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise MeasurementError(f"not an {SCHEMA} object (schema {data.get('schema') if isinstance(data, dict) else None!r})")
+            found = data.get("schema") if isinstance(data, dict) else None
+            raise MeasurementError(f"not an {SCHEMA} object (schema {found!r})")
         try:
             return cls(str(data["id"]), str(data["date"]), str(data["source"]), Hardware.from_dict(data["hardware"]),
                        str(data["engine"]), str(data["engine_version"]), dict(data.get("versions", {})),

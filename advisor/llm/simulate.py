@@ -729,8 +729,8 @@ def max_rate_meeting(step: StepModel, workload: Workload, engine: EngineConfig, 
     The bracket defaults to [capacity / 200, 1.5 x capacity] (capacity_rps), its upper end doubled (up to four
     times) while it still meets. Probes simulate at most PROBE_REQUESTS requests (a shorter duration) and skip the
     optimistic band run; the answer is then simulated over the whole workload (at most FINAL_MAX_REQUESTS requests,
-    stretched to at least MIN_REQUESTS requests at low rates) and, should that miss (a longer run sees rarer bursts), stepped down by 5 % up to
-    five times. Returns (0.0, the result at `lo`) when even `lo` misses.
+    stretched to at least MIN_REQUESTS requests at low rates) and, should that miss (a longer run sees rarer bursts),
+    stepped down by 5 % up to five times. Returns (0.0, the result at `lo`) when even `lo` misses.
     """
     capacity = capacity_rps(step, workload, engine)
     lo = capacity / 200.0 if lo is None else float(lo)
