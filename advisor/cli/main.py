@@ -49,8 +49,10 @@ class AdvisorGroup(click.Group):
             click.echo(f"advisor: error: {_one_line(str(error))}", err=True)
             sys.exit(error.exit_code)
         except (click.Abort, KeyboardInterrupt):
-            click.echo("advisor: interrupted (the run folder keeps every finished trial; rerun with --resume)",
-                       err=True)
+            words = sys.argv[1:] if args is None else list(args)
+            resumable = bool(words) and words[0] == "recommend"  # other commands have no run folder to resume
+            click.echo("advisor: interrupted" + (" (the run folder keeps every finished trial; rerun with --resume)"
+                                                 if resumable else ""), err=True)
             sys.exit(130)
         except Exception as error:
             path = _crash_log(error)
