@@ -29,10 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BACKEND_MODULES = ("tuners.onnxruntime", "tuners.tvm", "tuners.tensorrt", "tuners.openvino", "onnxruntime", "tvm",
                    "tensorrt", "openvino")
 
-# a plugin backend that declares every capability; `pyflakes` stands for its package: installed here, and neither a
-# core package nor another backend's
+# a plugin backend that declares every capability; `click` stands for its package: installed wherever advisor is
+# (a dependency), and neither a core package nor another backend's (pyflakes was used here: not installed by CI)
 TOY = {"name": "toy", "target": "toy_tuner:ToyTuner", "extra": "toy", "budget_weight": 3.0,
-       "capabilities": {"packages": ["pyflakes"], "thread_setting": "workers", "portable_across_cpus": False,
+       "capabilities": {"packages": ["click"], "thread_setting": "workers", "portable_across_cpus": False,
                         "remote_devices": True, "any_batch": False}}
 
 
@@ -78,8 +78,8 @@ def test_every_builtin_entry_names_a_tuner_class_of_that_name():
 def test_a_plugins_declared_packages_are_in_the_run_environment(toy):
     from advisor.environment import package_versions, packages
 
-    assert "pyflakes" in packages() and "openvino" in packages() and "apache-tvm" in packages()
-    assert package_versions()["pyflakes"] == version("pyflakes")
+    assert "click" in packages() and "openvino" in packages() and "apache-tvm" in packages()
+    assert package_versions()["click"] == version("click")
     assert "toy_tuner" not in sys.modules  # read from the entry: the plugin's module (which does not exist) unused
 
 
@@ -125,8 +125,8 @@ def test_a_missing_package_names_the_entrys_install_hint(toy):
         name = "toy"
         probe = search = build = export = load_exported = None
 
-    assert Toy().not_installed().reason == "pyflakes is not installed (pip install 'advisor[toy]')"
-    assert Toy().versions() == {"pyflakes": version("pyflakes")}
+    assert Toy().not_installed().reason == "click is not installed (pip install 'advisor[toy]')"
+    assert Toy().versions() == {"click": version("click")}
 
 
 def test_no_module_outside_tuners_keeps_backend_knowledge():
