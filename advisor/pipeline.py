@@ -18,7 +18,7 @@ from advisor.report import build_report, write_report
 from advisor.runfolder import RunFolder
 from advisor.ranking import RankingInputs, rank
 from advisor.trials import Trial
-from advisor.tuning import Deadline, tune_targets
+from advisor.tuning import Deadline, tune_targets, tuning_inputs
 from hwprofiles.catalog import load_catalog
 from hwprofiles.targets import Target, detect_targets
 from tuners.base import TuneContext
@@ -186,4 +186,4 @@ def artifact_context(trial: Trial, targets: tuple[Target, ...], info: ModelInfo,
     target = next(t for t in targets if t.id == trial.target)
     return TuneContext(info=info, target=target, workdir=run.backend_dir(trial.backend, target.id),
                        cache_dir=config.cache_dir, budget_s=config.budget_s, tolerance=config.tolerance,
-                       batch_size=trial.batch_size)
+                       batch_size=trial.batch_size, **tuning_inputs(config, run))

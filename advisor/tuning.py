@@ -308,6 +308,18 @@ def _available_pairs(config: RecommendConfig, targets) -> tuple[list[tuple[Tuner
     return runnable, statuses
 
 
+def tuning_inputs(config: RecommendConfig, run: RunFolder) -> dict:
+    """TuneContext fields that come from the user's inputs: the original SOURCE when it was not ONNX, and the
+    calibration samples the run folder holds (advisor.sample_data; absent: backends calibrate synthetically)."""
+    calibration = calibration_path(run)
+    return {"source": config.export.source if config.export else None,
+            "calibration_path": calibration if calibration.exists() else None}
+
+
+def calibration_path(run: RunFolder):
+    return run.data_dir / "calibration.npz"
+
+
 def sweep_sizes(info: ModelInfo, config: RecommendConfig) -> list[int]:
     """The SLO's batch size first (its figure is needed most), then the others."""
     if not info.batch_axis:
@@ -336,7 +348,7 @@ def tune_targets(run: RunFolder, info: ModelInfo, config: RecommendConfig, targe
         share = tuning_s * SEARCH_SHARE * TUNERS[tuner.name].budget_weight / total_weight
         ctx = TuneContext(info=info, target=target, workdir=run.backend_dir(tuner.name, target.id),
                           cache_dir=config.cache_dir, budget_s=share, tolerance=config.tolerance,
-                          batch_size=config.slo_batch_size)
+                          batch_size=config.slo_batch_size, **tuning_inputs(config, run))
         tuning = by_target.setdefault(target.id, TargetTuning(target, [], measurer, config.slo,
                                                               sweep_sizes(info, config), config.slo_batch_size))
         tuning.backends.append(BackendTuning(tuner, ctx, config.slo, measurer))

@@ -24,6 +24,15 @@ GPU_CATALOG_TYPES = (("H200", "H200"), ("H100", "H100"), ("A100", "A100"), ("L40
                      ("A10", "A10G"), ("L4", "L4"), ("T4", "T4"), ("V100", "V100"))
 
 
+# x86 flags of CPUs with native bf16 kernels in the CPU runtimes (OpenVINO, oneDNN under PyTorch); Arm's `bf16`
+# extension is left out until a backend is measured on one
+BF16_ISA = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_computes_bf16(isa) -> bool:
+    return any(flag in BF16_ISA for flag in isa)
+
+
 @dataclass(frozen=True)
 class CpuInfo:
     model: str
@@ -39,6 +48,11 @@ class CpuInfo:
         data = asdict(self)
         data["isa"] = list(self.isa)
         return data
+
+    @property
+    def computes_bf16(self) -> bool:
+        """Whether this CPU computes bf16 natively (AVX-512-BF16 or AMX): only there do backends offer bf16."""
+        return cpu_computes_bf16(self.isa)
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ from advisor.measure import HarnessSettings
 from advisor.model import ModelSpec, analyze
 from advisor.slo import Slo
 from advisor.trials import Trial
-from hwprofiles.targets import RpcDevice, Target, detect_targets
+from hwprofiles.targets import RpcDevice, Target, cpu_computes_bf16, detect_targets
 from tuners.base import Candidate, TrialOutcome, TuneContext
 
 ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install 'advisor[openvino]')")
 
-from tuners.openvino import OpenVinoSearch, OpenVinoTuner, baseline_config, bf16_supported  # noqa: E402
+from tuners.openvino import OpenVinoSearch, OpenVinoTuner, baseline_config  # noqa: E402
 
 VERSION = ov.__version__.split("-")[0]  # "2026.4.1-22982-...": the build's tail is not the package version
 FAST = HarnessSettings(warmup=1, min_iterations=5, min_time_s=0.05, max_time_s=1.0, bootstrap_resamples=200)
@@ -38,7 +38,7 @@ def cpu() -> Target:
 
 @pytest.fixture(scope="module")
 def machine_bf16(cpu) -> bool:
-    return bf16_supported(cpu.cpu.isa)
+    return cpu_computes_bf16(cpu.cpu.isa)
 
 
 def _ctx(path: Path, target: Target, tmp_path: Path, tolerance: float = 0.05) -> TuneContext:
@@ -93,7 +93,7 @@ def test_unavailable_with_the_install_hint_when_openvino_is_missing(cpu):
     ((), False),
 ])
 def test_bf16_detection_from_isa_flags(isa, expected):
-    assert bf16_supported(isa) is expected
+    assert cpu_computes_bf16(isa) is expected
 
 
 def _all_proposals(search) -> list[dict]:
@@ -111,7 +111,7 @@ def _all_proposals(search) -> list[dict]:
 def test_the_search_offers_bf16_only_where_the_cpu_has_it(cpu, isa):
     proposed = _all_proposals(OpenVinoSearch(_with_isa(cpu, *isa)))
     assert proposed[0] == baseline_config() and baseline_config()["precision"] == "fp32"
-    assert any(c["precision"] == "bf16" for c in proposed) is bf16_supported(isa)
+    assert any(c["precision"] == "bf16" for c in proposed) is cpu_computes_bf16(isa)
     assert {c["performance_hint"] for c in proposed} == {"LATENCY", "THROUGHPUT"}
     assert {c["inference_num_threads"] for c in proposed} >= {0, 1}
     assert len({json.dumps(c, sort_keys=True) for c in proposed}) == len(proposed), "proposed twice"

@@ -79,6 +79,12 @@ class TuneContext:
     budget_s: float  # this backend's share of --budget on this target
     tolerance: float  # max relative error against the fp32 reference for reduced-precision candidates
     batch_size: int = 1
+    # SOURCE as the user gave it when it was not ONNX (a Hugging Face folder, a TorchScript/torch.export file, a
+    # module:callable): backends that run the original framework load it rather than the exported ONNX
+    source: str | None = None
+    # calibration samples for static quantisation (advisor.sample_data.SampleSet saved as .npz in the run folder);
+    # None: a backend that needs them calibrates on advisor.sample_data.synthetic_samples and says so
+    calibration_path: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import json
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,15 +33,9 @@ if TYPE_CHECKING:
 
 DEVICE = "CPU"
 OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # the config's precision name -> INFERENCE_PRECISION_HINT
-BF16_ISA = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that compute bf16 (hwprofiles.targets)
 HINTS = ("LATENCY", "THROUGHPUT")
 IR_FILE = "model.xml"
 CONFIG_FILE = "compile_config.json"
-
-
-def bf16_supported(isa: Iterable[str]) -> bool:
-    """Whether a CPU with these ISA flags computes bf16 (AVX-512-BF16 or AMX): only there is bf16 offered."""
-    return any(flag in BF16_ISA for flag in isa)
 
 
 def baseline_config() -> dict[str, Any]:
@@ -80,7 +74,7 @@ class OpenVinoSearch(StagedSearch):
             return [{**best, "inference_num_threads": n} for n in thread_counts]
 
         def bf16(best):
-            return [{**best, "precision": "bf16"}] if bf16_supported(target.cpu.isa) else []
+            return [{**best, "precision": "bf16"}] if target.cpu.computes_bf16 else []
 
         super().__init__("openvino", target.id, baseline_config(), [bf16, threads, hint, streams])
 

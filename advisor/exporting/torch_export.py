@@ -14,6 +14,7 @@ import onnx
 
 from advisor.errors import UserError
 from advisor.exporting import deps
+from advisor.exporting.sources import first_line  # noqa: F401  (re-exported for the exporters)
 
 DYNAMO = "torch.onnx.export(dynamo=True)"
 TORCHSCRIPT_EXPORTER = "torch.onnx.export(dynamo=False)"
@@ -30,17 +31,6 @@ class Staged:
     reference: dict[str, np.ndarray]  # the source framework's outputs on those inputs, by ONNX output name
     dynamic_axes: dict[str, dict[int, str]]  # input name -> {axis: symbolic name} the export was asked for
     notes: tuple[str, ...] = ()
-
-
-def first_line(error: BaseException) -> str:
-    """A one-line summary of an exporter's (often many-page) error message."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    # torch.export wraps the real cause under an "Exception summary" heading; prefer that line when present
-    for line in lines:
-        if line.startswith("<class '"):
-            return f"{type(error).__name__}: {line[:300]}"
-    text = lines[0] if lines else ""
-    return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
 
 
 # ---------------------------------------------------------------------------------------------- outputs and inputs

@@ -5,18 +5,13 @@ is dynamic ("batch").
 
 from __future__ import annotations
 
-import functools
-import importlib
-import importlib.util
 import inspect
-import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 from advisor.errors import UserError
 from advisor.exporting import deps
-from advisor.exporting.sources import CALLABLE, TORCH_EXPORT, TORCHSCRIPT, split_callable
+from advisor.exporting.sources import CALLABLE, TORCH_EXPORT, TORCHSCRIPT, import_callable
 from advisor.exporting.torch_export import (
     DYNAMO,
     SEED,
@@ -30,42 +25,6 @@ from advisor.exporting.torch_export import (
     random_inputs,
     to_numpy,
 )
-
-
-def _import_callable(source: str):
-    """The object a `module:callable` source names; the current directory is importable, like `python -m`."""
-    module_part, attribute = split_callable(source)
-    if module_part.endswith(".py"):
-        file = Path(module_part).expanduser()
-        if not file.is_file():
-            raise UserError(f"{source}: Python file {module_part} not found")
-        name = f"_advisor_source_{file.stem}"
-        spec = importlib.util.spec_from_file_location(name, file)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses and pickling look the module up by name while it executes
-        try:
-            spec.loader.exec_module(module)
-        except Exception as error:
-            sys.modules.pop(name, None)
-            raise UserError(f"{source}: importing {module_part} failed ({first_line(error)})") from None
-    else:
-        # like `python -m`: the user's own modules next to where they run the advisor are importable, also later
-        # when the factory imports helpers lazily, so the directory stays on sys.path
-        if os.getcwd() not in sys.path and "" not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        try:
-            module = importlib.import_module(module_part)
-        except ModuleNotFoundError as error:
-            if error.name and module_part.startswith(error.name):
-                raise UserError(f"{source}: no module named {module_part!r} (on sys.path or in the current "
-                                f"directory)") from None
-            raise UserError(f"{source}: importing {module_part} failed ({first_line(error)})") from None
-        except Exception as error:
-            raise UserError(f"{source}: importing {module_part} failed ({first_line(error)})") from None
-    try:
-        return functools.reduce(getattr, attribute.split("."), module)
-    except AttributeError:
-        raise UserError(f"{source}: {module_part} has no attribute {attribute!r}") from None
 
 
 def _example_inputs(*holders) -> object | None:
@@ -125,7 +84,7 @@ def _load_torch_module(source: str, kind: str, notes: list[str]):
         except Exception as error:
             raise UserError(f"{source} is not a TorchScript file torch.jit.load can read ({first_line(error)})"
                             ) from None
-    factory = _import_callable(source)
+    factory = import_callable(source)
     module = factory if isinstance(factory, torch.nn.Module) else None
     if module is None:
         if not callable(factory):
