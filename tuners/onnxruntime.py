@@ -1,5 +1,10 @@
-"""ONNX Runtime: execution providers, graph optimisation level, threads, execution mode and a dynamic-int8
-quantised variant. The stock session (ONNX Runtime's defaults) is always the first, baseline candidate."""
+"""ONNX Runtime: execution providers, graph optimisation level, threads, execution mode, a dynamic-int8
+quantised variant and static int8 (QDQ, calibrated: tuners/ort_quantize.py). The stock session (ONNX Runtime's
+defaults) is always the first, baseline candidate.
+
+Static int8 is searched in two stages after dynamic int8: the three calibration methods on the best fp32
+configuration, then keeping the worst nodes in float (EXCLUDE_WORST) on the fastest accepted static candidate, or,
+when none was accepted (the usual reason: outside --tolerance), on each static candidate tried."""
 
 from __future__ import annotations
 
@@ -14,7 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tuners.base import Availability, Candidate, CompiledModel, ExportedFiles, Search, StagedSearch, TuneContext, Tuner
+from tuners.base import (Availability, Candidate, CompiledModel, ExportedFiles, Search, StagedSearch, TrialOutcome,
+                         TuneContext, Tuner)
 
 if TYPE_CHECKING:
     from hwprofiles.targets import Target
@@ -22,6 +28,7 @@ if TYPE_CHECKING:
 GRAPH_LEVELS = ("disabled", "basic", "extended", "all")
 CPU_PROVIDER = "CPUExecutionProvider"
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+EXCLUDE_WORST = (2, 5)  # nodes kept in float by the exclusion stage
 
 
 def stock_config(provider: str = CPU_PROVIDER) -> dict:
@@ -120,6 +127,9 @@ class OrtSearch(StagedSearch):
     """Stock first; then threads, spinning, graph optimisation, execution mode, and finally dynamic int8."""
 
     def __init__(self, target: Target, provider: str):
+        from tuners.ort_quantize import CALIBRATION_METHODS, PRECISION
+
+        self._static_tried: list[tuple[dict, float | None]] = []  # (config, latency or None when not accepted)
         cores = max(1, target.cpu.physical_cores)
         thread_counts = sorted({1, cores, *(n for n in (2, 4, 8, 16) if n < cores)})
 
@@ -138,15 +148,33 @@ class OrtSearch(StagedSearch):
         def quantised(best):
             return [{**best, "stock": False, "precision": "int8-dynamic"}]
 
+        def static_int8(best):
+            fp32 = {key: value for key, value in best.items() if key not in ("calibration", "exclude_worst")}
+            return [{**fp32, "stock": False, "precision": PRECISION, "calibration": method, "exclude_worst": 0}
+                    for method in CALIBRATION_METHODS]
+
+        def exclusions(_best):
+            accepted = [(latency, config) for config, latency in self._static_tried if latency is not None]
+            bases = [min(accepted, key=lambda item: item[0])[1]] if accepted else [
+                config for config, _ in self._static_tried]
+            return [{**base, "exclude_worst": n} for base in bases if not base.get("exclude_worst")
+                    for n in EXCLUDE_WORST]
+
         def tensorrt(best):
             if provider != "CUDAExecutionProvider":
                 return []
             return [{**best, "stock": False, "provider": "TensorrtExecutionProvider", "precision": p}
                     for p in ("fp32", "fp16")]
 
-        stages = [threads, spinning, graph_levels, execution_mode, quantised] if provider == CPU_PROVIDER else [
-            graph_levels, tensorrt]
+        cpu_stages = [threads, spinning, graph_levels, execution_mode, quantised, static_int8, exclusions]
+        stages = cpu_stages if provider == CPU_PROVIDER else [graph_levels, tensorrt]
         super().__init__("onnxruntime", target.id, stock_config(provider), stages)
+
+    def tell(self, outcome: TrialOutcome) -> None:
+        super().tell(outcome)
+        config = dict(outcome.candidate.config)
+        if config.get("precision") == "int8-static" and not config.get("exclude_worst"):
+            self._static_tried.append((config, outcome.latency_ms if outcome.ok else None))
 
 
 class OnnxRuntimeTuner(Tuner):
@@ -170,18 +198,31 @@ class OnnxRuntimeTuner(Tuner):
         return OrtSearch(ctx.target, provider)
 
     def model_path(self, candidate: Candidate, ctx: TuneContext) -> Path:
-        if candidate.config.get("precision") == "int8-dynamic":
-            return quantized_model_path(ctx.info.path, ctx.workdir)
-        return ctx.info.path
+        return self._prepared(candidate, ctx)[0]
+
+    def _prepared(self, candidate: Candidate, ctx: TuneContext) -> tuple[Path, dict]:
+        """The model file the candidate runs, and what its making is worth reporting."""
+        precision = candidate.config.get("precision")
+        if precision == "int8-dynamic":
+            return quantized_model_path(ctx.info.path, ctx.workdir), {}
+        if precision == "int8-static":
+            from tuners import ort_quantize
+
+            quantized = ort_quantize.quantize(ctx.info.path, ctx.workdir,
+                                              ort_quantize.StaticQuantization.from_config(candidate.config),
+                                              ort_quantize.calibration_set(ctx))
+            return quantized.path, quantized.details()
+        return ctx.info.path, {}
 
     def build(self, candidate: Candidate, ctx: TuneContext) -> CompiledModel:
         import onnxruntime as ort
 
         started = time.perf_counter()
-        path = self.model_path(candidate, ctx)
+        path, made = self._prepared(candidate, ctx)
         session = ort.InferenceSession(str(path), session_options(candidate.config),
                                        providers=providers_for(candidate.config))
-        details = {"build_time_s": round(time.perf_counter() - started, 3), "providers": session.get_providers()}
+        details = {"build_time_s": round(time.perf_counter() - started, 3), "providers": session.get_providers(),
+                   **made}
         if candidate.config.get("provider", CPU_PROVIDER) not in session.get_providers():
             raise RuntimeError(f"{candidate.config.get('provider')} could not be created; ONNX Runtime fell back to "
                                f"{session.get_providers()}")

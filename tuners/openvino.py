@@ -9,6 +9,11 @@ fp32 tolerance) against the fp32 reference, like ONNX Runtime's int8: one outsid
 The plugin's threads do not spin between calls (measured: no CPU used in the 200 ms after 200 calls), so a
 compiled model leaves nothing running that would time another in a head-to-head.
 
+int8 (tuners/openvino_quantize.py): the IR quantised by NNCF on the calibration samples, compiled with an f32
+INFERENCE_PRECISION_HINT (the hint governs the operations left in float; the quantised ones run int8), and read
+back: a build whose compiled model runs no convolution or matrix multiplication in int8 fails. Without nncf the
+int8 stage is skipped and every build's details say so.
+
 The artifact is OpenVINO IR (model.xml/.bin, weights kept f32) with the model's own shapes, plus the compile
 properties in compile_config.json; the runner reshapes it to the manifest's shapes (other input shapes get their
 own compilation) and needs only `openvino` and numpy.
@@ -32,7 +37,8 @@ if TYPE_CHECKING:
     from hwprofiles.targets import Target
 
 DEVICE = "CPU"
-OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # the config's precision name -> INFERENCE_PRECISION_HINT
+# the config's precision name -> INFERENCE_PRECISION_HINT (int8: for the operations NNCF left in float)
+OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 HINTS = ("LATENCY", "THROUGHPUT")
 IR_FILE = "model.xml"
 CONFIG_FILE = "compile_config.json"
@@ -58,7 +64,8 @@ def compile_properties(config: Mapping[str, Any]) -> dict[str, str]:
 class OpenVinoSearch(StagedSearch):
     """Latency hint in f32 first; then bf16 where the CPU computes it (the largest gain measured: 0.53-0.74x
     ONNX Runtime's latency on real models, so it comes first when the budget is short), then the thread counts,
-    the throughput hint and two streams, each stage varying the best configuration so far."""
+    the throughput hint and two streams, each stage varying the best configuration so far; last, NNCF's int8 with
+    both presets on the best configuration (where nncf is installed)."""
 
     def __init__(self, target: Target):
         cores = max(1, target.threads or target.cpu.physical_cores)
@@ -76,7 +83,14 @@ class OpenVinoSearch(StagedSearch):
         def bf16(best):
             return [{**best, "precision": "bf16"}] if target.cpu.computes_bf16 else []
 
-        super().__init__("openvino", target.id, baseline_config(), [bf16, threads, hint, streams])
+        def int8(best):
+            from tuners.openvino_quantize import PRESETS, nncf_missing
+
+            if nncf_missing():
+                return []
+            return [{**best, "precision": "int8", "quantization_preset": preset} for preset in PRESETS]
+
+        super().__init__("openvino", target.id, baseline_config(), [bf16, threads, hint, streams, int8])
 
 
 def read_static_model(core, path: Path, shapes: Mapping[str, tuple[int, ...]] | None):
@@ -88,7 +102,8 @@ def read_static_model(core, path: Path, shapes: Mapping[str, tuple[int, ...]] | 
 
 
 def compile_checked(core, model, config: Mapping[str, Any]):
-    """Compile for the CPU and check the plugin really compiled the precision the configuration names."""
+    """Compile for the CPU and check the plugin really compiled the precision the configuration names (for int8:
+    f32 for what is left in float, and int8 kernels for at least one convolution or matrix multiplication)."""
     import openvino as ov
 
     compiled = core.compile_model(model, DEVICE, compile_properties(config))
@@ -98,6 +113,13 @@ def compile_checked(core, model, config: Mapping[str, Any]):
         capabilities = ", ".join(core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES"))
         raise RuntimeError(f"OpenVINO compiled {got.get_type_name()} where {want.get_type_name()} was asked for "
                            f"(its CPU capabilities: {capabilities})")
+    if config["precision"] == "int8":
+        from tuners.openvino_quantize import int8_layers
+
+        if not int8_layers(compiled):
+            capabilities = ", ".join(core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES"))
+            raise RuntimeError(f"OpenVINO compiled no convolution or matrix multiplication in int8 from the quantised "
+                               f"IR (its CPU capabilities: {capabilities})")
     return compiled
 
 
@@ -154,23 +176,43 @@ class OpenVinoTuner(Tuner):
     def search(self, ctx: TuneContext) -> Search:
         return OpenVinoSearch(ctx.target)
 
+    def _source(self, candidate: Candidate, ctx: TuneContext) -> tuple[Path, dict[str, Any]]:
+        """The file OpenVINO reads for this candidate (the ONNX model, or its quantised IR), and its facts."""
+        if candidate.config["precision"] != "int8":
+            from tuners.openvino_quantize import nncf_missing
+
+            missing = nncf_missing()
+            return ctx.info.path, ({"int8": missing} if missing else {})
+        from tuners.openvino_quantize import quantized_ir
+        from tuners.ort_quantize import calibration_set
+
+        quantized = quantized_ir(ctx.info, ctx.workdir, str(candidate.config["quantization_preset"]),
+                                 calibration_set(ctx))
+        return quantized.xml, quantized.details()
+
     def build(self, candidate: Candidate, ctx: TuneContext) -> CompiledModel:
         import openvino as ov
 
         started = time.perf_counter()
         core = ov.Core()
-        model = read_static_model(core, ctx.info.path, ctx.info.shapes_at(ctx.batch_size))
+        source, made = self._source(candidate, ctx)
+        model = read_static_model(core, source, ctx.info.shapes_at(ctx.batch_size))
         compiled = compile_checked(core, model, candidate.config)
-        details = {"build_time_s": round(time.perf_counter() - started, 3), **_facts(compiled)}
+        details = {"build_time_s": round(time.perf_counter() - started, 3), **_facts(compiled), **made}
+        if candidate.config["precision"] == "int8":
+            from tuners.openvino_quantize import int8_layers
+
+            details["int8_layers"] = int8_layers(compiled)
         return OpenVinoCompiledModel(compiled, [spec.name for spec in ctx.info.inputs],
                                      [spec.name for spec in ctx.info.outputs], details)
 
     def export(self, candidate: Candidate, ctx: TuneContext, dest: Path) -> ExportedFiles:
-        """OpenVINO IR of the model with its own shapes (weights f32, not compressed), and the compile config."""
+        """OpenVINO IR of the model with its own shapes (weights f32, not compressed; for int8 the NNCF-quantised
+        IR), and the compile config."""
         import openvino as ov
 
         dest.mkdir(parents=True, exist_ok=True)
-        model = read_static_model(ov.Core(), ctx.info.path, None)
+        model = read_static_model(ov.Core(), self._source(candidate, ctx)[0], None)
         xml = dest / IR_FILE
         ov.save_model(model, str(xml), compress_to_fp16=False)
         settings = {"model": IR_FILE, "device": DEVICE, "properties": compile_properties(candidate.config),
