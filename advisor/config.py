@@ -68,6 +68,10 @@ class RecommendConfig:
     # the fingerprint: the exported file's sha256 is, and a resume reuses the run folder's export (see
     # advisor.exporting.run_export), so a changed source or export option shows up as a different model
     export: ExportSpec | None = None
+    calibration_data: str | None = None  # --calibration-data: folder or module:function (advisor.sample_data)
+    eval_data: str | None = None  # --eval-data: samples with expected results (advisor.accuracy)
+    eval_metric: str | None = None  # --eval-metric module:function; None: the default metric for the data
+    max_accuracy_drop: float | None = None  # --max-accuracy-drop; None: advisor.accuracy.DEFAULT_MAX_DROP
 
     def __post_init__(self):
         if self.budget_s <= 0:
@@ -88,16 +92,32 @@ class RecommendConfig:
             raise UserError("--tolerance must be positive")
         if self.tvm_rpc is not None:
             _check_rpc_device(self.tvm_rpc)
+        if self.eval_data is None and (self.eval_metric is not None or self.max_accuracy_drop is not None):
+            raise UserError("--eval-metric and --max-accuracy-drop need --eval-data (the samples to judge accuracy on)")
+        if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
+            raise UserError("--max-accuracy-drop must be zero or positive")
+
+    @property
+    def accuracy_drop(self) -> float:
+        from advisor.accuracy import DEFAULT_MAX_DROP
+
+        return DEFAULT_MAX_DROP if self.max_accuracy_drop is None else self.max_accuracy_drop
 
     @property
     def slo_batch_size(self) -> int:
         return self.batch_size or 1
 
-    def fingerprint(self, model_sha256: str) -> dict:
-        """What must not change between a run and its --resume (anything that changes trial identities)."""
-        return {"model_sha256": model_sha256, "input_shapes": {k: list(v) for k, v in self.model.input_shapes.items()},
-                "batch_sizes": list(self.batch_sizes), "batch_size": self.batch_size,
-                "tolerance": self.tolerance}
+    def fingerprint(self, model_sha256: str, data_digests: dict | None = None) -> dict:
+        """What must not change between a run and its --resume (anything that changes trial identities or how a
+        trial is judged). `data_digests`: the sha256 of the calibration and eval samples, when given."""
+        fingerprint = {"model_sha256": model_sha256,
+                       "input_shapes": {k: list(v) for k, v in self.model.input_shapes.items()},
+                       "batch_sizes": list(self.batch_sizes), "batch_size": self.batch_size,
+                       "tolerance": self.tolerance}
+        if data_digests:  # only when given, so runs without them resume as before
+            fingerprint["data"] = {**data_digests, "eval_metric": self.eval_metric,
+                                   "max_accuracy_drop": self.accuracy_drop if self.eval_data else None}
+        return fingerprint
 
     def settings_dict(self) -> dict:
         return {"budget_s": self.budget_s, "batch_sizes": list(self.batch_sizes), "batch_size": self.batch_size,
@@ -106,7 +126,10 @@ class RecommendConfig:
                 "providers": list(self.providers), "region": self.region,
                 "catalogs": [str(p) for p in self.catalog_paths], "harness": asdict(self.harness),
                 "out_dir": str(self.out_dir), "cache_dir": str(self.cache_dir), "cluster": self.cluster,
-                "tvm_rpc": self.tvm_rpc.to_dict() if self.tvm_rpc else None}
+                "tvm_rpc": self.tvm_rpc.to_dict() if self.tvm_rpc else None,
+                "calibration_data": self.calibration_data, "eval_data": self.eval_data,
+                "eval_metric": self.eval_metric,
+                "max_accuracy_drop": self.accuracy_drop if self.eval_data else None}
 
 
 RPC_TARGET_EXAMPLE = '{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "num-cores": 4}'

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from advisor.accuracy import AccuracyGate
 from advisor.feeds import make_feeds
 from advisor.isolation import run_isolated
 from advisor.measure import (HarnessSettings, LatencyStats, compare_outputs, interleaved_rounds, paired_difference,
@@ -43,6 +44,7 @@ class MeasureJob:
     percentile: str = "p99"  # the percentile a head-to-head compares
     hopeless_ms: float | None = None  # stop timing a candidate whose median is above this (harness.time_calls)
     contexts: tuple[TuneContext, ...] = ()  # one per candidate when they differ (backends of a head-to-head)
+    accuracy: AccuracyGate | None = None  # --eval-data: evaluate each candidate on it; gates reduced precision
 
     def context(self, index: int) -> TuneContext:
         return self.contexts[index] if self.contexts else self.ctx
@@ -52,7 +54,7 @@ def reference_data_path(data_dir: Path, batch_size: int) -> Path:
     return data_dir / f"reference-b{batch_size}.npz"
 
 
-def reference_outputs(model_path: Path, feeds, level: str = "disabled", threads: int = 0) -> list:
+def reference_session(model_path: Path, level: str = "disabled", threads: int = 0):
     """The fp32 reference every candidate is checked against: ONNX Runtime on the CPU, graph optimisations off.
     `level` and `threads` give the other legitimate fp32 executions the noise floor is measured with."""
     import onnxruntime as ort
@@ -61,8 +63,11 @@ def reference_outputs(model_path: Path, feeds, level: str = "disabled", threads:
     options.graph_optimization_level = {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
                                         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    return session.run(None, dict(feeds))
+    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+
+
+def reference_outputs(model_path: Path, feeds, level: str = "disabled", threads: int = 0) -> list:
+    return reference_session(model_path, level, threads).run(None, dict(feeds))
 
 
 def fp32_noise_floor(model_path: Path, feeds, reference: list) -> float:
@@ -135,17 +140,22 @@ def measure_in_child(job: MeasureJob) -> list[dict]:
             model.bind(reference.feeds)
             model.execute()
             check = compare_outputs(model.outputs(), reference.outputs, reference.tolerance(candidate, ctx))
+            accuracy = None
+            if job.accuracy is not None:
+                accuracy = job.accuracy.judge(job.accuracy.evaluate(_feeds_to_outputs(model), ctx.batch_size))
+                model.bind(reference.feeds)  # the timing runs on the reference feeds
         except Exception as error:  # a build error is a failed trial, not a failed run
             message = f"{type(error).__name__}: {error}".strip().splitlines()[0][:500]
             results.append({"status": "failed", "reason": message, "build_s": time.perf_counter() - started})
             continue
         entry = {"status": "ok", "reason": None, "check": {**check.to_dict(), "noise_floor": reference.noise_floor},
                  "details": dict(model.details), "build_s": time.perf_counter() - started}
-        if not check.passed and not candidate.config.get("stock"):
+        if accuracy is not None:
+            entry["details"]["accuracy"] = accuracy
+        reason = None if candidate.config.get("stock") else _rejection(candidate, check, accuracy, reference)
+        if reason is not None:
             entry["status"] = "rejected"
-            entry["reason"] = (f"outputs differ from the fp32 reference: max relative error {check.max_rel_error:.3g} "
-                               f"> tolerance {check.tolerance:.3g} (fp32 noise floor of this model "
-                               f"{reference.noise_floor:.3g})")
+            entry["reason"] = reason
         else:
             runnable[len(results)] = model
         results.append(entry)
@@ -167,6 +177,29 @@ def measure_in_child(job: MeasureJob) -> list[dict]:
             except Exception as error:  # profiling is a nice-to-have for the report; never fail a trial on it
                 results[index]["details"]["op_class_ms_error"] = str(error)[:200]
     return results
+
+
+def _feeds_to_outputs(model):
+    def run(feeds):
+        model.bind(feeds)
+        model.execute()
+        return model.outputs()
+
+    return run
+
+
+def _rejection(candidate: Candidate, check, accuracy: dict | None, reference: Reference) -> str | None:
+    """Why a candidate's results are not acceptable, or None. With --eval-data, reduced precision is judged by the
+    metric drop on the user's data; otherwise (and always for fp32) by the output difference to the reference."""
+    if accuracy is not None and candidate.config.get("precision", "fp32") != "fp32":
+        if accuracy["passed"]:
+            return None
+        return (f"accuracy on --eval-data: {accuracy['metric']} {accuracy['value']:.4g} against {accuracy['reference']:.4g} "
+                f"for the fp32 reference, a drop of {accuracy['drop']:.3g} > --max-accuracy-drop {accuracy['max_drop']:.3g}")
+    if check.passed:
+        return None
+    return (f"outputs differ from the fp32 reference: max relative error {check.max_rel_error:.3g} "
+            f"> tolerance {check.tolerance:.3g} (fp32 noise floor of this model {reference.noise_floor:.3g})")
 
 
 def _head_to_head(job: MeasureJob, runnable: dict, results: list[dict]) -> None:

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from advisor.accuracy import AccuracyGate, prepare_gate, resolve_metric
 from advisor.artifact import ArtifactRequest, build_artifact
 from advisor.config import RecommendConfig
 from advisor.environment import now_iso
@@ -18,7 +19,9 @@ from advisor.report import build_report, write_report
 from advisor.runfolder import RunFolder
 from advisor.ranking import RankingInputs, rank
 from advisor.trials import Trial
-from advisor.tuning import Deadline, tune_targets, tuning_inputs
+from advisor.sample_data import SampleSet, load_calibration_data, load_eval_data
+from advisor.sample_data import save as save_samples
+from advisor.tuning import Deadline, calibration_path, tune_targets, tuning_inputs
 from hwprofiles.catalog import load_catalog
 from hwprofiles.targets import Target, detect_targets
 from tuners.base import TuneContext
@@ -26,6 +29,7 @@ from tuners.base import TuneContext
 ARTIFACT_TIMEOUT_S = 1800.0  # compilers rebuild from their tuning records; that can take a while on 2 cores
 MIN_ARTIFACT_TIMEOUT_S = 15.0
 REPORT_RESERVE_S = 3.0  # ranking and rendering after the artifact
+EVAL_REFERENCE_TIMEOUT_S = 300.0  # the fp32 reference's pass over --eval-data
 EXIT_RECOMMENDED = 0
 EXIT_NO_SLO_MET = 3
 EXIT_NO_VALID_CANDIDATE = 4
@@ -64,14 +68,16 @@ def _recommend(config: RecommendConfig, progress: Progress, export: run_export.R
     catalog = load_catalog(list(config.catalog_paths), providers=list(config.providers) or None,
                            region=config.region)
     remote = _remote_targets(config)  # before the run folder: an unreachable device is one line, no folder
-    run = RunFolder.open(config.out_dir, config.resume, config.fingerprint(info.sha256))
+    user_data = UserData.load(config, info)
+    run = RunFolder.open(config.out_dir, config.resume, config.fingerprint(info.sha256, user_data.digests()))
     handler = _attach_file_log(run.log_path)
     try:
         if export is not None:
             export.install(run_export.source_key(config.export.source))
             info = replace(info, path=export.result.onnx_path)  # it was analysed where it was staged
             _log_export(export, progress)
-        return _recommend_in(run, info, catalog, config, progress, export, remote, Deadline(started + config.budget_s))
+        return _recommend_in(run, info, catalog, config, progress, export, remote, Deadline(started + config.budget_s),
+                             user_data)
     except Exception as error:
         if not isinstance(error, UserError):
             log.exception("internal error")
@@ -81,6 +87,41 @@ def _recommend(config: RecommendConfig, progress: Progress, export: run_export.R
         log.removeHandler(handler)
         handler.close()
         run.close()
+
+
+@dataclass(frozen=True)
+class UserData:
+    """--calibration-data and --eval-data, loaded and checked against the model before the run folder opens."""
+
+    calibration: SampleSet | None = None
+    evaluation: SampleSet | None = None
+
+    @classmethod
+    def load(cls, config: RecommendConfig, info: ModelInfo) -> UserData:
+        calibration = load_calibration_data(config.calibration_data, info) if config.calibration_data else None
+        evaluation = load_eval_data(config.eval_data, info) if config.eval_data else None
+        if evaluation is not None:
+            resolve_metric(config.eval_metric, evaluation)  # a metric that cannot be imported is one line now
+        return cls(calibration, evaluation)
+
+    def digests(self) -> dict:
+        return {name: data.digest() for name, data in (("calibration", self.calibration),
+                                                        ("eval", self.evaluation)) if data is not None}
+
+    def install(self, run: RunFolder, info: ModelInfo, config: RecommendConfig, deadline: Deadline
+                ) -> AccuracyGate | None:
+        """Save the samples where the workers read them; the accuracy gate with its fp32 reference value."""
+        if self.calibration is not None:
+            save_samples(self.calibration, calibration_path(run))
+        if self.evaluation is None:
+            return None
+        eval_path = save_samples(self.evaluation, run.data_dir / "eval.npz")
+        gate = prepare_gate(info.path, eval_path, config.eval_metric, config.accuracy_drop,
+                            timeout_s=max(30.0, min(EVAL_REFERENCE_TIMEOUT_S, deadline.remaining)),
+                            log_path=run.workers_log)
+        log.info("accuracy gate: %s of the fp32 reference on %d eval samples = %.6g, max drop %.4g",
+                 gate.metric_name, len(self.evaluation), gate.reference_value, gate.max_drop)
+        return gate
 
 
 def _with_export(config: RecommendConfig, export: run_export.RunExport | None) -> tuple[RecommendConfig, ModelSpec]:
@@ -112,7 +153,7 @@ def _remote_targets(config: RecommendConfig) -> tuple[Target, ...]:
 
 def _recommend_in(run: RunFolder, info: ModelInfo, catalog, config: RecommendConfig, progress: Progress,
                   export: run_export.RunExport | None = None, remote: tuple[Target, ...] = (),
-                  deadline: Deadline | None = None) -> RunResult:
+                  deadline: Deadline | None = None, user_data: UserData | None = None) -> RunResult:
     started_at = now_iso()
     deadline = deadline or Deadline.after(config.budget_s)
     progress.stage(f"{info.path.name}: {info.flops / 1e9:.3g} GFLOP, {info.params / 1e6:.3g} M parameters; "
@@ -121,7 +162,8 @@ def _recommend_in(run: RunFolder, info: ModelInfo, catalog, config: RecommendCon
     targets = remote + detect_targets()
     log.info("targets: %s", [t.label for t in targets])
     info.shapes_at(config.slo_batch_size)  # a fixed-batch model cannot take --batch N: fail before tuning
-    outcome = tune_targets(run, info, config, targets, progress, deadline)
+    accuracy = (user_data or UserData()).install(run, info, config, deadline)
+    outcome = tune_targets(run, info, config, targets, progress, deadline, accuracy)
     trials, statuses = outcome.trials, outcome.statuses
     if config.cluster:
         from advisor.cluster import tune_on_cluster

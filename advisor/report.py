@@ -12,6 +12,7 @@ from advisor.environment import environment
 from advisor.model import ModelInfo
 from advisor.runfolder import write_json_atomic
 from advisor.trials import Trial
+from advisor.variants import precision_variants
 from hwprofiles.targets import Target
 
 SCHEMA = "advisor.report/v1"
@@ -107,6 +108,7 @@ def build_report(*, info: ModelInfo, config: RecommendConfig, targets: tuple[Tar
         "recommendation": recommendation,
         "closest_miss": ranking.closest_miss.to_dict() if ranking.closest_miss else None,
         "roofline": _roofline(info, trials, targets, ranking),
+        "precision_variants": precision_variants(trials, config.settings_dict()),
         "costmodel": ranking_dict.get("costmodel", {}),
         "environment": environment(targets, started_at),
     }

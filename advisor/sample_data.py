@@ -68,6 +68,17 @@ class SampleSet:
         """What the report says about the data: where it came from and how many samples."""
         return {"origin": self.origin, "samples": len(self.samples), "synthetic": self.synthetic}
 
+    def digest(self) -> str:
+        """sha256 of the arrays (names, shapes, dtypes, bytes): a resumed run must be given the same data."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for group in (*self.samples, *({str(i): a for i, a in enumerate(e)} for e in self.expected)):
+            for name, array in group.items():
+                digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+                digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
+
 
 def synthetic_samples(info: ModelInfo, count: int = SYNTHETIC_SAMPLES) -> SampleSet:
     """Stand-in calibration data when the user gives none: the harness's own input generator with other seeds.

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 
 import psutil
 
+from advisor.accuracy import AccuracyGate
 from advisor.config import RecommendConfig
 from advisor.executor import ExecutionLimits, MeasureJob, ensure_reference, run_job
 from advisor.measure import HarnessSettings
@@ -77,6 +78,7 @@ class Measurer:
     overall: Deadline
     timeout_s: float | None = None  # fixed per-worker time-out (--trial-timeout)
     grace_s: float = 5.0  # how far a worker may run past its phase's deadline
+    accuracy: AccuracyGate | None = None  # --eval-data: applied where candidates are first judged (the search)
 
     def limits(self, contexts: Sequence[TuneContext], harness: HarnessSettings, deadline: Deadline) -> ExecutionLimits:
         timeout = self.timeout_s or (WORKER_STARTUP_S + max(c.budget_s for c in contexts)
@@ -106,7 +108,8 @@ class Measurer:
         harness = replace(harness, max_time_s=max(0.2, min(harness.max_time_s, remaining)))
         contexts = [replace(c, batch_size=batch_size) for c in contexts]
         job = MeasureJob(tuple(candidates), contexts[0], data, harness, profile=profile, baseline=baseline,
-                         percentile=percentile, hopeless_ms=hopeless_ms, contexts=tuple(contexts))
+                         percentile=percentile, hopeless_ms=hopeless_ms, contexts=tuple(contexts),
+                         accuracy=self.accuracy if phase == "search" else None)
         trials = run_job(job, phase, self.limits(contexts, harness, deadline))
         if review is not None:
             trials = [review(trial) for trial in trials]
@@ -328,7 +331,8 @@ def sweep_sizes(info: ModelInfo, config: RecommendConfig) -> list[int]:
 
 
 def tune_targets(run: RunFolder, info: ModelInfo, config: RecommendConfig, targets,
-                 progress: Progress, deadline: Deadline | None = None) -> TuningOutcome:
+                 progress: Progress, deadline: Deadline | None = None,
+                 accuracy: AccuracyGate | None = None) -> TuningOutcome:
     """Search, confirm and sweep every available backend on every target, within what is left of --budget.
 
     ARTIFACT_SHARE of the budget is kept for the artifact; SEARCH_SHARE of the rest is split over the (backend,
@@ -341,7 +345,7 @@ def tune_targets(run: RunFolder, info: ModelInfo, config: RecommendConfig, targe
     tuning_s = max(0.0, deadline.remaining - config.budget_s * ARTIFACT_SHARE)
     overall = Deadline.after(tuning_s)
     measurer = Measurer(run, info, config.harness, memory_limit, progress, overall, config.trial_timeout_s,
-                        grace_s=max(2.0, WORKER_GRACE_SHARE * tuning_s))
+                        grace_s=max(2.0, WORKER_GRACE_SHARE * tuning_s), accuracy=accuracy)
     total_weight = max(sum(TUNERS[tuner.name].budget_weight for tuner, _ in pairs), 1e-9)
     by_target: dict[str, TargetTuning] = {}
     for tuner, target in pairs:

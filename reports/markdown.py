@@ -7,7 +7,7 @@ whose names contain `<script>` or table syntax cannot inject markup or break the
 from __future__ import annotations
 
 from reports import formatting as fmt
-from reports.view import batch_basis, context
+from reports.view import batch_basis, context, variants
 
 TOP_ROWS = 5
 MAX_PROBLEMS = 8
@@ -44,6 +44,22 @@ def summary_rows(rows: list[dict], recommendation: dict | None, top: int = TOP_R
     keep = [r for index, r in enumerate(rows) if index < top or r.get("source") == "measured"
             or (recommendation is not None and r.get("instance") == recommendation.get("instance"))]
     return keep
+
+
+def _variant_lines(report: dict) -> list[str]:
+    """The reduced-precision variants: speed against accuracy (report.json precision_variants)."""
+    view = variants(report)
+    if view is None:
+        return []
+    calibration = ("synthetic inputs (no --calibration-data)" if view["calibration"] == "synthetic"
+                   else md(view["calibration"]))
+    lines = ["", f"**Precision variants** (static int8 calibrated on {calibration}):", "",
+             f"| backend | precision | p50 ms | vs stock | max rel. error | {md(view['metric'] or 'eval metric')} | "
+             "status |", "|---|---|--:|--:|--:|---|---|"]
+    for row in view["rows"]:
+        lines.append(f"| {md(row['backend'])}{' (stock)' if row['stock'] else ''} | {md(row['precision'])} | "
+                     f"{row['p50']} | {row['ratio']} | {row['error']} | {md(row['metric'])} | {md(row['status'])} |")
+    return lines
 
 
 def render_markdown(report: dict) -> str:
@@ -112,6 +128,7 @@ def render_markdown(report: dict) -> str:
             if fmt.is_number(qps):
                 cells.append(fmt.money(row.get("monthly_cost")))
             lines.append("| " + " | ".join(cells) + " |")
+    lines += _variant_lines(report)
     problems = [f"{md(b.get('backend'))} unavailable on {md(b.get('target', '?'))}: {md(b.get('reason') or '?')}"
                 for b in report.get("backends") or [] if isinstance(b, dict) and not b.get("available", True)]
     ctx = context(report)

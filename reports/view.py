@@ -580,6 +580,33 @@ def _of(value, peak, unit: str) -> str:
 # ---- failures and environment ---------------------------------------------------------------------------------
 
 
+def variants(report: dict) -> dict | None:
+    """Each reduced-precision variant beside stock and each backend's best fp32: latency ratio and accuracy kept."""
+    data = report.get("precision_variants")
+    if not isinstance(data, dict) or not _list(data.get("rows")):
+        return None
+    rows = []
+    for row in _list(data.get("rows")):
+        accuracy = _dict(row.get("accuracy"))
+        calibration = _dict(row.get("calibration"))
+        rows.append({
+            "backend": row.get("backend"), "target": row.get("target"), "precision": row.get("precision"),
+            "stock": bool(row.get("stock")), "status": row.get("status"), "reason": row.get("reason"),
+            "p50": fmt.number(row.get("p50_ms"), 3) if isinstance(row.get("p50_ms"), (int, float)) else fmt.DASH,
+            "ratio": f"{row['vs_stock']:.2f}×" if isinstance(row.get("vs_stock"), (int, float)) else fmt.DASH,
+            "error": fmt.number(row.get("max_rel_error"), 3) if isinstance(row.get("max_rel_error"), (int, float))
+            else fmt.DASH,
+            "metric": (f"{fmt.number(accuracy.get('value'), 4)} (drop {fmt.number(accuracy.get('drop'), 3)})"
+                       if accuracy else fmt.DASH),
+            "calibration": ("synthetic inputs" if calibration.get("synthetic") else
+                            f"{calibration.get('samples')} samples" if calibration else ""),
+        })
+    metric = next((_dict(r.get("accuracy")).get("metric") for r in _list(data.get("rows")) if r.get("accuracy")),
+                  None)
+    return {"rows": rows, "basis": data.get("basis"), "calibration": data.get("calibration_data"),
+            "eval_data": data.get("eval_data"), "metric": metric, "max_drop": data.get("max_accuracy_drop")}
+
+
 def problems(report: dict, ctx: Context) -> dict:
     unavailable = [b for b in _list(report.get("backends")) if not b.get("available", True)]
     trials = [{**t, "varying": ctx.varying(t)} for t in _list(report.get("trials"))
@@ -654,4 +681,5 @@ def build(report: dict) -> dict:
     return {"r": report, "ctx": ctx, "title": title, "verdict": verdict(report, ctx), "ranking": ranking(report, ctx),
             "sizing": sizing(report, ctx), "tuning": tuning(report, ctx), "distributions": distributions(report, ctx),
             "model": model(report, ctx), "roofline": roofline(report, ctx), "problems": problems(report, ctx),
+            "variants": variants(report),
             "environment": environment(report), "fmt": fmt}

@@ -111,7 +111,20 @@ def _csv(text: str | None) -> tuple[str, ...]:
 @click.option("--local-price", "local_price", type=click.FloatRange(min=0, min_open=True), default=None,
               help="USD per hour of this machine, to price it when no catalogue instance matches it.")
 @click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TOLERANCE,
-              show_default=True, help="Max relative output error accepted from reduced-precision candidates.")
+              show_default=True, help="Max relative output error accepted from reduced-precision candidates "
+                                      "(without --eval-data).")
+@click.option("--calibration-data", "calibration_data", default=None, metavar="FOLDER|module:function",
+              help="Inputs to calibrate static int8 on: a folder of .npz/.npy files, one sample per file, or a "
+                   "function returning input dicts (default: synthetic inputs, and the report says so).")
+@click.option("--eval-data", "eval_data", default=None, metavar="FOLDER|module:function",
+              help="Samples with expected results: reduced-precision candidates are accepted only if their metric on "
+                   "them stays within --max-accuracy-drop of the fp32 reference's (docs/quantization.md).")
+@click.option("--eval-metric", "eval_metric", default=None, metavar="module:function",
+              help="function(outputs, expected) -> float, higher is better (default: top-1 accuracy for integer "
+                   "labels, else mean cosine similarity to the expected outputs).")
+@click.option("--max-accuracy-drop", "max_accuracy_drop", type=float, default=None,
+              help="Largest drop of the --eval-data metric accepted from a reduced-precision candidate "
+                   "[default: 0.01].")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
               help="Tuning databases and caches shared between runs (default: the user cache dir).")
 @click.option("--min-time", "min_time", type=DurationType(), default="1s", show_default=True,
@@ -137,7 +150,7 @@ def recommend(source, slo_ms, ttft_ms, itl_ms, prompt_tokens, output_tokens, con
               measurement_paths, generative, percentile, input_shapes, opset, fp16, task, budget_s, batch_sizes,
               batch_size, backends, out_dir, resume, json_path, catalogs, providers, region, qps, utilisation,
               local_price, tolerance, cache_dir, min_time, trial_timeout, memory_limit, cluster, tvm_rpc, tvm_rpc_key,
-              tvm_rpc_target, no_artifact, quiet):
+              tvm_rpc_target, no_artifact, quiet, calibration_data, eval_data, eval_metric, max_accuracy_drop):
     """Tune SOURCE on every backend this machine can run, rank cloud instances by cost under the SLO, and write
     the report and a deployable artifact.
 
@@ -196,6 +209,10 @@ def recommend(source, slo_ms, ttft_ms, itl_ms, prompt_tokens, output_tokens, con
         trial_timeout_s=trial_timeout,
         memory_limit_mib=memory_limit,
         export=export,
+        calibration_data=calibration_data,
+        eval_data=eval_data,
+        eval_metric=eval_metric,
+        max_accuracy_drop=max_accuracy_drop,
         **extra,
     )
     progress = Progress() if quiet else RichProgress(percentile)
