@@ -9,8 +9,11 @@ minmax (the observed range), entropy (the range minimising the KL divergence of 
 "Excluding the N worst nodes" keeps in float the N quantised nodes that add the most error. A node's added error
 is measured on the calibration samples (at most RANKING_SAMPLES of them) by running the float model and the QDQ
 model side by side with every intermediate tensor exposed: for each tensor, the relative noise power
-sum((qdq - float)^2) / sum(float^2) over the samples; a node's added error is the relative noise power of its
-output minus the largest of its float inputs'. The ranking is computed once per calibration and saved, so a
+sum((qdq - float)^2) / sum(float^2) over the samples, the QDQ model's tensor taken as its consumers read it
+(dequantised). The noise a tensor introduces is its relative noise power minus the largest of the tensors it is
+computed from; a node scores the largest noise introduced at its output or at the tensors it reads, since a tensor
+stays quantised while its producer or any consumer is (a noisy tensor ranks its producer and consumers together,
+so excluding them removes it). The ranking is computed once per calibration and saved, so a
 configuration always names the same model.
 
 Every quantised model is cached in the tuner's work folder under a name holding the configuration and the digest
@@ -184,7 +187,10 @@ def error_ranking(model_path: Path, workdir: Path, spec: StaticQuantization,
 
 def _rank_nodes(float_path: Path, qdq_path: Path, workdir: Path,
                 feeds: Sequence[Mapping[str, np.ndarray]]) -> list[tuple[str, float]]:
-    """Walks the QDQ graph. Tensors are compared as the next node reads them, after their QuantizeLinear/
+    """Walks the QDQ graph. A tensor keeps its QuantizeLinear/DequantizeLinear pair while its producer or any
+    consumer is quantised, so a node is scored by the worst noise introduced at its output or at the tensors it
+    reads (the producer and the consumers of a noisy tensor score alike, and excluding them together removes
+    that quantisation). Tensors are compared as the next node reads them, after their QuantizeLinear/
     DequantizeLinear pair: the quantiser fuses some nodes (a Conv's output before the pair is its pre-Relu value,
     the pair's uint8 range doing the Relu), so only the dequantised value means the float model's tensor."""
     import onnx
@@ -199,18 +205,24 @@ def _rank_nodes(float_path: Path, qdq_path: Path, workdir: Path,
             dequantized.setdefault(quantize_node.input[0], node.output[0])
     source_of = {out: name for name, out in dequantized.items()}
     noise = _relative_noise(float_path, qdq_path, workdir, feeds, dequantized)
-    ranking = []
+    introduced: dict[str, float] = {}  # tensor -> the noise it adds over the tensors it was computed from
+    graph_inputs = {value.name for value in graph.input}
+    for name in graph_inputs & dequantized.keys():
+        introduced[name] = noise.get(name, 0.0)
+    quantised = []
     for node in graph.node:
         if not node.name or node.op_type in ("QuantizeLinear", "DequantizeLinear") or not node.output:
             continue
-        inputs = [source_of[name] for name in node.input if name in source_of and source_of[name] not in weights]
-        if not inputs and not any(producer.get(name) is not None and producer[name].op_type == "DequantizeLinear"
-                                  for name in node.input):
+        sources = [source_of[name] for name in node.input if name in source_of and source_of[name] not in weights]
+        if not sources and not any(producer.get(name) is not None and producer[name].op_type == "DequantizeLinear"
+                                   for name in node.input):
             continue  # not quantised
-        if node.output[0] not in noise:
-            continue
-        upstream = max((noise.get(name, 0.0) for name in inputs), default=0.0)
-        ranking.append((node.name, noise[node.output[0]] - upstream))
+        quantised.append((node, sources))
+        if node.output[0] in noise:
+            introduced[node.output[0]] = noise[node.output[0]] - max((noise.get(s, 0.0) for s in sources),
+                                                                     default=0.0)
+    ranking = [(node.name, max(introduced.get(name, 0.0) for name in (node.output[0], *sources)))
+               for node, sources in quantised]
     ranking.sort(key=lambda item: (-item[1], item[0]))
     return ranking
 
