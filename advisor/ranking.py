@@ -198,11 +198,25 @@ def _curves(trials: Sequence[Trial], run_to_run: float = 1.0) -> list[CandidateC
     return list(curves.values())
 
 
-def instance_hardware(instance: Instance) -> Hardware:
+def peak_gflops(instance: Instance, precision: str = "fp32") -> float:
+    """The instance's compute peak for a candidate's precision: a GPU's fp16/bf16 tensor-core and int8 peaks are
+    several times its fp32 one, in ratios that differ between GPU models. CPUs keep their fp32 peak: the catalogue's
+    CPU fp16 figures are not what their runtimes reach, and a reduced-precision CPU build is not moved to another
+    CPU type by its peak."""
+    if instance.gpu is None:
+        return instance.peak.fp32_gflops
+    if precision in ("fp16", "bf16"):
+        return instance.peak.fp16_gflops
+    if precision.startswith("int8"):
+        return instance.peak.int8_gops
+    return instance.peak.fp32_gflops
+
+
+def instance_hardware(instance: Instance, precision: str = "fp32") -> Hardware:
     """An instance's figures; a CPU instance counts its vCPUs as cores, as a VM shows them to the measured
     machine's OS (target_hardware does the same), so SMT instances are counted alike on both sides."""
     cores = instance.gpu.count if instance.gpu else instance.vcpus
-    return Hardware(instance.peak.fp32_gflops, instance.peak.bandwidth_gbs, cores,
+    return Hardware(peak_gflops(instance, precision), instance.peak.bandwidth_gbs, cores,
                     family_of(instance.cpu.vendor, gpu=instance.gpu is not None),
                     instance.gpu.model if instance.gpu else instance.cpu.microarchitecture)
 
@@ -218,12 +232,12 @@ def matches(instance: Instance, target: Target) -> bool:
             and instance.vcpus == target.cpu.logical_cores)
 
 
-def target_hardware(target: Target, catalog: Catalog) -> tuple[Hardware, str]:
+def target_hardware(target: Target, catalog: Catalog, precision: str = "fp32") -> tuple[Hardware, str]:
     """The measured machine's figures: a matching catalogue entry's per-vCPU figures times the logical CPUs this
-    machine shows, else derived from its ISA."""
+    machine shows, else derived from its ISA. A GPU's peak is the one for `precision` (peak_gflops)."""
     match = next((i for i in catalog.instances if matches(i, target)), None)
     if match is not None:
-        listed = instance_hardware(match)
+        listed = instance_hardware(match, precision)
         if target.kind == "cuda" or target.cpu.logical_cores == listed.cores:
             return listed, f"catalogue entry {match.name}"
         cores = target.cpu.logical_cores
@@ -303,7 +317,7 @@ class _Estimator:
         work = Work.of(self.inputs.info, point.batch_size)
         # the candidate runs with its own thread setting there too (0, ONNX Runtime's default: all cores)
         threads = thread_count(trial.backend, trial.config)
-        other = instance_hardware(instance)
+        other = instance_hardware(instance, str(trial.config.get("precision", "fp32")))
         latency, interval, kind = transfer(point.latency_ms, point.interval_ms, model, work, reference, threads,
                                            other, threads)
         mean, _, _ = transfer(point.mean_ms, (point.mean_ms, point.mean_ms), model, work, reference, threads, other,
@@ -495,6 +509,14 @@ def _context(inputs: RankingInputs) -> _Context:
     return _Context(inputs, curves, measured_targets, hardware, estimator, batch_fits, run_to_run)
 
 
+def _reference_hardware(ctx: _Context, target_id: str, precision: str) -> Hardware:
+    """The measured target's figures for a candidate's precision (only a GPU's differ: peak_gflops)."""
+    target = next(t for t in ctx.measured_targets if t.id == target_id)
+    if precision == "fp32" or target.kind != "cuda":
+        return ctx.hardware[target_id][0]
+    return target_hardware(target, ctx.inputs.catalog, precision)[0]
+
+
 def _instance_row(ctx: _Context, instance: Instance) -> tuple[RankedRow | None, dict | None, dict | None]:
     """The instance's best row, or why it has none: (row, excluded entry, not-measured entry)."""
     inputs = ctx.inputs
@@ -523,7 +545,8 @@ def _instance_row(ctx: _Context, instance: Instance) -> tuple[RankedRow | None, 
         facts = _RowFacts(instance.name, instance.provider, instance.region, instance.price_per_hour, source)
         if source == "estimated":
             # the fitted points move to the instance with the same transfer as the measured ones
-            ref_hw, trial = ctx.hardware[curve.target][0], next(iter(curve.by_batch.values()))
+            trial = next(iter(curve.by_batch.values()))
+            ref_hw = _reference_hardware(ctx, curve.target, str(trial.config.get("precision", "fp32")))
             moved = {b: ctx.estimator.figure(point, trial, ref_hw, instance) for b, point in figures.items()}
             figures = {b: point for b, (point, _) in moved.items()}
             kind = moved[inputs.batch_size or 1][1]

@@ -410,3 +410,28 @@ def test_a_busy_machine_widens_intervals_by_the_cap_and_says_so():
     assert spread.largest_observed == pytest.approx(35.0, rel=0.05) and spread.factor == RUN_TO_RUN_CAP
     assert spread.busy and "rerun on a quiet machine" in spread.note()
     assert spread.to_dict()["busy"] and not run_to_run_factor(search, "p99").busy
+
+
+def test_gpu_estimates_from_a_gpu_use_the_peak_of_the_candidates_precision(info):
+    """Measured on an A10G, estimated on an H100: an fp16 candidate moves by the fp16 tensor-core peaks, which grow
+    far more from A10G to H100 than the fp32 ones, so it is estimated relatively faster than an fp32 candidate."""
+    from dataclasses import replace as with_
+
+    from hwprofiles.targets import GpuInfo
+
+    gpu = GpuInfo(index=0, name="NVIDIA A10G", memory_gib=22.0, compute_capability="8.6", driver_version="535",
+                  cuda_version="12.2", catalog_type="A10G")
+    target = Target("cuda:0", "cuda", ZEN3, gpu=gpu)
+    fp32 = [with_(_trial("cuda:0", b, 20.0 * b ** 0.9), id=f"ort-fp32-b{b}") for b in (1, 2, 4, 8)]
+    fp16 = [with_(t, id=t.id.replace("ort-fp32", "trt-fp16"), backend="tensorrt",
+                  config={"precision": "fp16"}) for t in fp32]
+
+    def h100_over_measured(trials) -> float:
+        ranking = rank(_inputs(info, trials, [target], 500.0, batch_size=1))
+        rows = {r.instance: r for r in ranking.rows}
+        assert rows["g5.xlarge"].source == "measured"
+        h100 = rows["p5.48xlarge"]
+        assert h100.source == "estimated" and h100.estimate_relation == "gpu_from_gpu"
+        return h100.processing_ms / rows["g5.xlarge"].processing_ms
+
+    assert h100_over_measured(fp32) > h100_over_measured(fp32 + fp16) * 1.05
