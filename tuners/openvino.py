@@ -248,6 +248,12 @@ class OpenVinoTuner(Tuner):
                 if got != getattr(ov.Type, OV_PRECISIONS[precision]):
                     warnings.warn(f"OpenVINO compiled {got.get_type_name()} on this CPU, not the artifact's "
                                   f"{precision}: its latency is not the one measured", stacklevel=2)
+                if precision == "int8":
+                    from tuners.openvino_quantize import int8_layers
+
+                    if not int8_layers(compiled):  # a CPU without int8 kernels runs the quantised IR emulated
+                        warnings.warn("OpenVINO runs no layer of the int8 IR in int8 on this CPU: its latency is "
+                                      "not the one measured", stacklevel=2)
                 requests[key] = (compiled.create_infer_request(), [compiled.output(name) for name in outputs])
             return requests[key]
 
