@@ -317,3 +317,25 @@ def test_a_server_that_is_down_is_one_line():
     assert result.exit_code == 2
     assert f"cannot reach http://127.0.0.1:{port}:" in one_line_error(result)
 
+
+def test_ctrl_c_stops_the_run_with_one_line_and_no_resume_advice():
+    """Interrupting bench-serve is exit 130 with one line, at once even during the warm-up request (a cancellation
+    is swallowed only when the drain cancels requests); --resume belongs to recommend's run folders only."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    with ScriptedServer(Script(ttft_s=5.0)) as server:  # the interrupt lands in the warm-up request
+        process = subprocess.Popen([sys.executable, "-c", "from advisor.cli import main; main()", "bench-serve",
+                                    server.url, "--rate", "5", "--duration", "60s", "--prompt-tokens", "8",
+                                    "--output-tokens", "4", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, cwd=Path(__file__).resolve().parents[1])
+        deadline = time.monotonic() + 30
+        while not server.arrivals() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=20)  # the run would last 60 s if the interrupt were lost
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "advisor: interrupted"

@@ -337,9 +337,11 @@ def _count(value) -> int | None:
 
 
 async def send_request(client: httpx.AsyncClient, config: BenchConfig, model: str, plan: RequestPlan,
-                       prompt: str | list[int], clock: Callable[[], float]) -> RequestRecord:
-    """One streamed request, timed on `clock`; a failure is recorded, never raised, and so is a cancellation (the
-    drain timed out): the request is recorded as unfinished."""
+                       prompt: str | list[int], clock: Callable[[], float],
+                       drained: Callable[[], bool] = lambda: False) -> RequestRecord:
+    """One streamed request, timed on `clock`; a failure is recorded, never raised, and so is a cancellation by the
+    drain (`drained()` true: the drain timeout ended the run): the request is recorded as unfinished. Any other
+    cancellation (Ctrl-C) propagates, so an interrupted run stops at once."""
     sent = clock()
     chunks: list[float] = []
     usage: dict | None = None
@@ -385,7 +387,9 @@ async def send_request(client: httpx.AsyncClient, config: BenchConfig, model: st
         return record(clock(), "timeout", f"{type(error).__name__}: {error}")
     except httpx.TransportError as error:
         return record(clock(), "connection", f"{type(error).__name__}: {error}")
-    except asyncio.CancelledError:  # only the run cancels its requests (the drain ended): the answer is the record
+    except asyncio.CancelledError:
+        if not drained():
+            raise
         return record(clock(), UNFINISHED, "still in flight when the drain timeout ended the run")
 
 
@@ -484,6 +488,7 @@ async def _measure(client, config: BenchConfig, model: str, prompts: PromptMaker
     tasks: set[asyncio.Task] = set()
     limiter = asyncio.Semaphore(config.concurrency) if config.concurrency else None
     phase = ["sending"]
+    drain_ended = [False]  # set just before the drain cancels what is still in flight
 
     def finished(task: asyncio.Task) -> None:
         tasks.discard(task)
@@ -514,13 +519,15 @@ async def _measure(client, config: BenchConfig, model: str, prompts: PromptMaker
                     limiter.release()
                 break
             prompt = prompts.make(plan.prompt_tokens)
-            task = asyncio.create_task(send_request(client, config, model, plan, prompt, clock))
+            task = asyncio.create_task(send_request(client, config, model, plan, prompt, clock,
+                                                    lambda: drain_ended[0]))
             tasks.add(task)
             task.add_done_callback(finished)
         phase[0] = "draining"
         if tasks:
             drain = config.drain_timeout_s if config.duration_s is not None else None
             _, pending = await asyncio.wait(set(tasks), timeout=drain)
+            drain_ended[0] = True
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
