@@ -2,8 +2,8 @@
 quantised variant and static int8 (QDQ, calibrated: tuners/ort_quantize.py). The stock session (ONNX Runtime's
 defaults) is always the first, baseline candidate.
 
-Static int8 is searched in two stages after dynamic int8: the three calibration methods on the best fp32
-configuration, then keeping the worst nodes in float (EXCLUDE_WORST) on the fastest accepted static candidate, or,
+Static int8 is searched in two stages after dynamic int8, which follows the thread count: the three calibration
+methods on the best configuration so far, then keeping the worst nodes in float (EXCLUDE_WORST) on the fastest accepted static candidate, or,
 when none was accepted (the usual reason: outside --tolerance), on each static candidate tried."""
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ class OrtCompiledModel(CompiledModel):
 
 
 class OrtSearch(StagedSearch):
-    """Stock first; then threads, spinning, graph optimisation, execution mode, and finally dynamic int8."""
+    """Stock first; then threads, dynamic int8, static int8 and its exclusions, spinning, graph optimisation and
+    execution mode."""
 
     def __init__(self, target: Target, provider: str):
         from tuners.ort_quantize import CALIBRATION_METHODS, PRECISION
@@ -166,7 +167,9 @@ class OrtSearch(StagedSearch):
             return [{**best, "stock": False, "provider": "TensorrtExecutionProvider", "precision": p}
                     for p in ("fp32", "fp16")]
 
-        cpu_stages = [threads, spinning, graph_levels, execution_mode, quantised, static_int8, exclusions]
+        # int8 right after the thread count: static int8 is the largest gain measured on VNNI/AMX-INT8 machines
+        # (0.3x stock on a ResNet-18, 0.57x on a 4-layer BERT), so it is reached when the budget is short
+        cpu_stages = [threads, quantised, static_int8, exclusions, spinning, graph_levels, execution_mode]
         stages = cpu_stages if provider == CPU_PROVIDER else [graph_levels, tensorrt]
         super().__init__("onnxruntime", target.id, stock_config(provider), stages)
 
