@@ -77,6 +77,8 @@ def test_verify_checks_the_engine_against_the_original_weights(run, tiny_llama_o
     assert "outputs: ok against transformers" in result.output and "latency here" in result.output
     other = invoke("verify", artifact, "--model", str(tiny_llama_other_weights))
     assert other.exit_code == 4 and "outputs: DIFFER" in other.output
+    gone = invoke("verify", artifact, "--model", str(Path(artifact) / "no-such-folder"))
+    assert gone.exit_code == 2 and "is not found; pass --model HF_FOLDER" in one_line_error(gone)
 
 
 def test_no_measure_plans_from_the_architecture_only(tiny_llama, catalog, tmp_path):

@@ -84,3 +84,8 @@ def test_recommend_puts_the_measured_run_beside_the_planned_row(catalog, tmp_pat
 def test_record_needs_where_it_ran(tmp_path):
     result = invoke("bench-serve", "http://127.0.0.1:9", "--rate", "1", "--record", tmp_path / "r.json")
     assert result.exit_code == 2 and "--record needs" in one_line_error(result)
+    unknown = invoke("bench-serve", "http://127.0.0.1:9", "--rate", "1", "--record", tmp_path / "r.json",
+                     "--instance", "no-such-instance", "--model-config", MODEL,
+                     "--precision", "fp16")
+    assert unknown.exit_code == 2 and "'no-such-instance' is not in the catalogue" in one_line_error(unknown)
+    assert not (tmp_path / "r.json").exists()

@@ -19,7 +19,7 @@ from advisor.llm.plan import LlmRow, LlmSlo, Plan, PlanRequest, plan
 from advisor.llm.workload import Workload, WorkloadError, load_workload
 from advisor.runfolder import write_json_atomic
 from hwprofiles.catalog import load_catalog
-from hwprofiles.targets import detect_targets
+from hwprofiles.targets import Target, detect_targets
 
 SCHEMA = "advisor.report/v1"
 EXIT_CODES = {"recommended": 0, "no_slo_met": 3}
@@ -198,13 +198,16 @@ def _sha256(path: Path) -> str:
 def build_llm_report(config: LlmRecommendConfig, request: PlanRequest, result: Plan, started_at: str,
                      artifact_path: Path | None, artifact_error: str | None, local: LocalRun) -> dict:
     arch, workload, context = request.arch, request.workload, request.context
+    targets = detect_targets()
     rows = [r.to_dict() for r in result.rows]
-    _mark_measured_here(rows, local.candidates, request)
+    _mark_measured_here(rows, local.candidates, request, targets)
     _mark_measured_serving(rows, request)
     recommendation = None
     if result.recommendation is not None:
         rec = dict(rows[0])  # the first row is the recommendation, with what _mark_measured_here added
-        assert rec["instance"] == result.recommendation.instance
+        if rec["instance"] != result.recommendation.instance:  # the plan's contract; a report must never mislabel
+            raise RuntimeError(f"the plan's recommendation {result.recommendation.instance} is not its first row "
+                               f"({rec['instance']})")
         runner_up = next((r for r in rows if r["instance"] != rec["instance"]), None)
         recommendation = {**rec, "artifact": str(artifact_path) if artifact_path else None,
                           "artifact_error": artifact_error, "runner_up": runner_up, "why": _why(rec, runner_up)}
@@ -236,11 +239,12 @@ def build_llm_report(config: LlmRecommendConfig, request: PlanRequest, result: P
         "load_curve": load_curve,
         "local_measurements": local.to_dict(),
         "measurements_loaded": sorted({m.id for m in request.measurements}),
-        "environment": environment(detect_targets(), started_at),
+        "environment": environment(targets, started_at),
     }
 
 
-def _mark_measured_here(rows: list[dict], local: list[LocalCandidate], request: PlanRequest) -> None:
+def _mark_measured_here(rows: list[dict], local: list[LocalCandidate], request: PlanRequest,
+                        targets: list[Target]) -> None:
     """Rows of the catalogue instance this machine is (same CPU and vCPUs) and a precision measured here gain
     `measured_here`: the engine's TTFT and inter-token latency measured one sequence at a time (no load), beside the
     planned figures at the row's rate."""
@@ -249,7 +253,7 @@ def _mark_measured_here(rows: list[dict], local: list[LocalCandidate], request: 
     measured = {c.precision: c for c in local if c.ok}
     if not measured:
         return
-    target = next((t for t in detect_targets() if t.kind == "cpu"), None)
+    target = next((t for t in targets if t.kind == "cpu"), None)
     here = {i.name for i in request.catalog.instances if target is not None and matches(i, target)}
     for row in rows:
         candidate = measured.get(row["precision"])
