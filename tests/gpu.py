@@ -45,6 +45,15 @@ def ort_cuda_reason() -> str | None:
     return OnnxRuntimeTuner().availability(cuda_target()).reason
 
 
+def cuda_torch_reason() -> str | None:
+    """Why the pytorch backend cannot use the GPU (no GPU, torch missing, or a CPU build of torch), or None."""
+    if (reason := gpu_reason()) is not None:
+        return reason
+    from tuners.pytorch import PyTorchTuner
+
+    return PyTorchTuner().availability(cuda_target()).reason
+
+
 def _gate(reason: Callable[[], str | None]):
     def decorate(test):
         why = reason()
@@ -56,3 +65,4 @@ def _gate(reason: Callable[[], str | None]):
 requires_gpu = _gate(gpu_reason)
 requires_tensorrt = _gate(tensorrt_reason)
 requires_ort_cuda = _gate(ort_cuda_reason)
+requires_cuda_torch = _gate(cuda_torch_reason)

@@ -72,6 +72,11 @@ BUILTIN: tuple[TunerEntry, ...] = (
                "OpenVINO on CPUs: performance hints, streams, threads, bf16 where the CPU computes it",
                extra="openvino", capabilities=Capabilities(packages=("openvino",),
                                                            thread_setting="inference_num_threads")),
+    TunerEntry("pytorch", "tuners.pytorch:PyTorchTuner",
+               "PyTorch: the source module (or the ONNX model via onnx2torch), eager or torch.compile, autocast, "
+               "channels-last, CUDA graphs", extra="pytorch",
+               capabilities=Capabilities(packages=("torch", "onnx2torch"), thread_setting="threads",
+                                         any_batch=True, portable_across_cpus=True)),
 )
 
 
