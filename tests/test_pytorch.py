@@ -264,3 +264,14 @@ def test_cuda_candidates_are_timed_with_cuda_events(tmp_path):
         assert trial.details["device"].startswith("cuda") and trial.details["cuda_event_ms_p50"] > 0
         assert trial.details["cuda_event_runs"] == 20 and trial.latency.n >= 5
     assert trials[2].tolerance == pytest.approx(max(0.05, fp32_tolerance(trials[2].fp32_noise_floor)))
+
+
+def test_the_gpu_check_script_refuses_a_machine_without_a_gpu(tmp_path):
+    """bench/gpu_check.sh stops at once with exit 2 and says why, and leaves its log in the results folder."""
+    if __import__("shutil").which("nvidia-smi"):
+        pytest.skip("this machine has nvidia-smi: the refusal cannot be seen here")
+    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh")], capture_output=True, text=True, timeout=30,
+                          env=dict(os.environ, RESULTS=str(tmp_path / "results")))
+    assert done.returncode == 2
+    message = "gpu_check: error: no nvidia-smi: this machine has no NVIDIA GPU (the check needs one)\n"
+    assert done.stdout == message and (tmp_path / "results" / "gpu-check.log").read_text() == message
