@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -187,3 +188,18 @@ def test_the_qdq_artifact_verifies_and_runs(cpu, cnn_path, tmp_path):
         "model/session_options.json": manifest["files"]["model/session_options.json"]}
     verified = verify(artifact, harness=FAST)  # what `advisor verify` runs, in this process
     assert verified.exit_code == 0 and verified.numerics.passed and verified.numerics.max_rel_error > 0
+
+
+def test_without_nncf_openvino_runs_fp32_and_says_int8_was_not_searched(cpu, cnn_path, tmp_path, monkeypatch):
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'advisor[openvino]')")
+    from tuners.openvino import OpenVinoSearch, OpenVinoTuner, baseline_config
+
+    monkeypatch.setitem(sys.modules, "nncf", None)  # what `import nncf` finds where it is not installed
+    search, proposed = OpenVinoSearch(cpu), []
+    while batch := search.ask():
+        proposed += [c.config for c in batch]
+        for candidate in batch:
+            search.tell(TrialOutcome(candidate, True, 1.0))
+    assert proposed and not any(c["precision"] == "int8" for c in proposed)
+    built = OpenVinoTuner().build(Candidate("openvino", "cpu", baseline_config()), _ctx(cnn_path, cpu, tmp_path))
+    assert built.details["int8"] == "int8 not searched: nncf is not installed (pip install 'advisor[openvino]')"
