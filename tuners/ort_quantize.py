@@ -25,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,11 +132,21 @@ def preprocessed_path(model_path: Path, workdir: Path) -> Path:
     target = workdir / f"{model_path.stem}.preprocessed.onnx"
     if target.exists():
         return target
-    partial = _atomic_target(target)
+    partial = _atomic_target(target).resolve()
+    source = model_path.resolve()
+    # where symbolic shape inference fails, onnxruntime saves the half-inferred model (and its weights) into the
+    # current directory: run it from a scratch folder, not the user's
+    scratch = Path(tempfile.mkdtemp(prefix="preprocess-", dir=workdir))
+    previous = os.getcwd()
+    os.chdir(scratch)
     try:
-        quant_pre_process(str(model_path), str(partial))
-    except Exception:  # symbolic shape inference does not know every operator: ONNX's shape inference alone
-        quant_pre_process(str(model_path), str(partial), skip_symbolic_shape=True)
+        try:
+            quant_pre_process(str(source), str(partial))
+        except Exception:  # symbolic shape inference does not know every operator: ONNX's shape inference alone
+            quant_pre_process(str(source), str(partial), skip_symbolic_shape=True)
+    finally:
+        os.chdir(previous)
+        shutil.rmtree(scratch, ignore_errors=True)
     partial.replace(target)
     return target
 
