@@ -88,6 +88,11 @@ def synthetic_samples(info: ModelInfo, count: int = SYNTHETIC_SAMPLES) -> Sample
     return SampleSet(SYNTHETIC, tuple(make_feeds(info, 1, seed=1000 + i) for i in range(count)))
 
 
+def calibration_samples(path: Path | None, info: ModelInfo) -> SampleSet:
+    """The run's calibration samples (TuneContext.calibration_path), or synthetic ones when the user gave none."""
+    return load(path) if path is not None else synthetic_samples(info)
+
+
 def load_calibration_data(spec: str, info: ModelInfo) -> SampleSet:
     """--calibration-data: input samples, checked against the model."""
     return _load(spec, info, "--calibration-data", with_expected=False)

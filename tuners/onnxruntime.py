@@ -209,11 +209,12 @@ class OnnxRuntimeTuner(Tuner):
         if precision == "int8-dynamic":
             return quantized_model_path(ctx.info.path, ctx.workdir), {}
         if precision == "int8-static":
+            from advisor.sample_data import calibration_samples
             from tuners import ort_quantize
 
             quantized = ort_quantize.quantize(ctx.info.path, ctx.workdir,
                                               ort_quantize.StaticQuantization.from_config(candidate.config),
-                                              ort_quantize.calibration_set(ctx))
+                                              calibration_samples(ctx.calibration_path, ctx.info))
             return quantized.path, quantized.details()
         return ctx.info.path, {}
 

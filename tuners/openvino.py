@@ -184,10 +184,10 @@ class OpenVinoTuner(Tuner):
             missing = nncf_missing()
             return ctx.info.path, ({"int8": missing} if missing else {})
         from tuners.openvino_quantize import quantized_ir
-        from tuners.ort_quantize import calibration_set
+        from advisor.sample_data import calibration_samples
 
         quantized = quantized_ir(ctx.info, ctx.workdir, str(candidate.config["quantization_preset"]),
-                                 calibration_set(ctx))
+                                 calibration_samples(ctx.calibration_path, ctx.info))
         return quantized.xml, quantized.details()
 
     def build(self, candidate: Candidate, ctx: TuneContext) -> CompiledModel:

@@ -61,12 +61,11 @@ class QuantizedIR:
 
 def quantized_ir(info: ModelInfo, workdir: Path, preset: str, samples: SampleSet) -> QuantizedIR:
     """The NNCF-quantised IR of the model for one preset, from the cache or made now."""
-    from tuners.ort_quantize import samples_digest
 
     if preset not in PRESETS:
         raise ValueError(f"quantization_preset {preset!r}: one of {', '.join(PRESETS)}")
     model_type = "transformer" if transformer_like(info) else "default"
-    xml = workdir / f"{info.path.stem}.ov-int8-{preset}-{model_type}-{samples_digest(samples)}.xml"
+    xml = workdir / f"{info.path.stem}.ov-int8-{preset}-{model_type}-{samples.digest()[:12]}.xml"
     if not xml.exists():
         _quantize(info, xml, preset, model_type, samples.samples)
     return QuantizedIR(xml, preset, model_type, samples.to_dict())

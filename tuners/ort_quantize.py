@@ -22,7 +22,6 @@ of the calibration samples, and written atomically (a resumed run, the measureme
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -36,7 +35,6 @@ import numpy as np
 
 if TYPE_CHECKING:
     from advisor.sample_data import SampleSet
-    from tuners.base import TuneContext
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 # U8S8 (activations uint8, weights int8) is what the VNNI/AMX-INT8 kernels of ONNX Runtime's CPU provider take
@@ -81,26 +79,6 @@ class QuantizedModel:
 
     def details(self) -> dict:
         return {"calibration": self.calibration, "excluded_nodes": list(self.excluded_nodes)}
-
-
-def calibration_set(ctx: TuneContext) -> SampleSet:
-    """The run's calibration samples, or synthetic ones when the user gave none."""
-    from advisor import sample_data
-
-    if ctx.calibration_path is not None:
-        return sample_data.load(ctx.calibration_path)
-    return sample_data.synthetic_samples(ctx.info)
-
-
-def samples_digest(samples: SampleSet) -> str:
-    """A short hash of the samples' names, shapes, dtypes and values: the calibration part of a cache key."""
-    digest = hashlib.sha256(samples.origin.encode())
-    for sample in samples.samples:
-        for name in sorted(sample):
-            array = np.ascontiguousarray(sample[name])
-            digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
-            digest.update(array.tobytes())
-    return digest.hexdigest()[:12]
 
 
 def _atomic_target(target: Path) -> Path:
@@ -153,7 +131,7 @@ def preprocessed_path(model_path: Path, workdir: Path) -> Path:
 
 def quantize(model_path: Path, workdir: Path, spec: StaticQuantization, samples: SampleSet) -> QuantizedModel:
     """The QDQ model of one configuration, from the cache or made now (with its error ranking when it excludes)."""
-    digest = samples_digest(samples)
+    digest = samples.digest()[:12]
     target = workdir / f"{model_path.stem}.{spec.file_stem(digest)}.onnx"
     excluded: tuple[str, ...] = ()
     if spec.exclude_worst:
@@ -184,7 +162,7 @@ def error_ranking(model_path: Path, workdir: Path, spec: StaticQuantization,
                   samples: SampleSet) -> list[tuple[str, float]]:
     """Quantised nodes of `spec`'s model (which excludes nothing), worst first, with the relative noise power
     each adds (see the module docstring); computed once per calibration and saved beside the model."""
-    digest = samples_digest(samples)
+    digest = samples.digest()[:12]
     saved = workdir / f"{model_path.stem}.{spec.file_stem(digest)}.ranking.json"
     if saved.exists():
         return [(name, float(error)) for name, error in json.loads(saved.read_text())]
