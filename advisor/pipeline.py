@@ -195,6 +195,7 @@ def _recommend_in(run: RunFolder, info: ModelInfo, catalog, config: RecommendCon
                           ranking=ranking, artifact_path=artifact_path, artifact_error=artifact_error,
                           started_at=started_at, export=export.report_dict() if export else None)
     write_report(report, run.path, config.json_path)
+    run.mark_finished()
     exit_code = EXIT_CODES[report["status"]]
     return RunResult(report, exit_code, run.path)
 

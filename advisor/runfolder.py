@@ -39,6 +39,10 @@ class RunFolder:
     path: Path
     trials: TrialLog
     _lock: FileLock
+    fingerprint: dict | None = None
+    # the folder's run had written its report: a --resume then replays its trials and measures nothing new, so
+    # the same report comes back (an interrupted run instead goes on measuring where it stopped)
+    finished: bool = False
 
     @property
     def log_path(self) -> Path:
@@ -75,6 +79,7 @@ class RunFolder:
         if not resume and (path / "trials.jsonl").exists():
             lock.release()
             raise UserError(f"{path} already holds a run; pass --resume to continue it or choose another --out")
+        finished = False
         if resume and meta_path.exists():
             try:
                 previous = json.loads(meta_path.read_text())
@@ -83,8 +88,14 @@ class RunFolder:
             if previous is not None and previous.get("fingerprint") != fingerprint:
                 lock.release()
                 raise UserError(f"cannot resume {path}: it was started with a different model or settings")
-        write_json_atomic(meta_path, {"fingerprint": fingerprint})
-        return cls(path=path, trials=TrialLog(path / "trials.jsonl"), _lock=lock)
+            finished = bool(previous and previous.get("finished"))
+        write_json_atomic(meta_path, {"fingerprint": fingerprint, "finished": finished})
+        return cls(path=path, trials=TrialLog(path / "trials.jsonl"), _lock=lock, fingerprint=fingerprint,
+                   finished=finished)
+
+    def mark_finished(self) -> None:
+        """The report is written: a later --resume replays this run instead of extending it."""
+        write_json_atomic(self.path / "run.json", {"fingerprint": self.fingerprint, "finished": True})
 
     def close(self) -> None:
         if self._lock.is_locked:

@@ -79,6 +79,7 @@ class Measurer:
     timeout_s: float | None = None  # fixed per-worker time-out (--trial-timeout)
     grace_s: float = 5.0  # how far a worker may run past its phase's deadline
     accuracy: AccuracyGate | None = None  # --eval-data: applied where candidates are first judged (the search)
+    replay_only: bool = False  # a finished run resumed: logged trials only, nothing measured
 
     def limits(self, contexts: Sequence[TuneContext], harness: HarnessSettings, deadline: Deadline) -> ExecutionLimits:
         timeout = self.timeout_s or (WORKER_STARTUP_S + max(c.budget_s for c in contexts)
@@ -100,7 +101,7 @@ class Measurer:
             for trial in trials:
                 self.progress.trial(trial, reused=True)
             return trials
-        if deadline.expired or self.overall.expired:
+        if self.replay_only or deadline.expired or self.overall.expired:
             return []
         data = ensure_reference(self.info, batch_size, self.run.data_dir, WORKER_STARTUP_S, self.run.workers_log)
         # the timing must end within the deadline, after the worker has started and built every candidate
@@ -345,7 +346,11 @@ def tune_targets(run: RunFolder, info: ModelInfo, config: RecommendConfig, targe
     tuning_s = max(0.0, deadline.remaining - config.budget_s * ARTIFACT_SHARE)
     overall = Deadline.after(tuning_s)
     measurer = Measurer(run, info, config.harness, memory_limit, progress, overall, config.trial_timeout_s,
-                        grace_s=max(2.0, WORKER_GRACE_SHARE * tuning_s), accuracy=accuracy)
+                        grace_s=max(2.0, WORKER_GRACE_SHARE * tuning_s), accuracy=accuracy,
+                        replay_only=run.finished)
+    if run.finished:
+        progress.stage(f"{run.path} holds a finished run: its {len(run.trials)} trials are replayed, nothing is "
+                       "measured (a new --out measures afresh)")
     total_weight = max(sum(TUNERS[tuner.name].budget_weight for tuner, _ in pairs), 1e-9)
     by_target: dict[str, TargetTuning] = {}
     for tuner, target in pairs:
