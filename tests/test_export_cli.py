@@ -36,7 +36,7 @@ CNN_SHAPE = ("--input-shape", "image=1,3,16,16")
 HUB_ERROR = ("advisor: error: bert-base-uncased is not a local path; advisor does not download models: download it "
              "first, e.g. `huggingface-cli download bert-base-uncased --local-dir ./bert-base-uncased`, then pass "
              "that folder\n")
-TINY_RUN = ("--budget", "45s", "--backends", "onnxruntime", "--min-time", "0.1s", "--batch-sizes", "1,2",
+TINY_RUN = ("--budget", "30s", "--backends", "onnxruntime", "--min-time", "0.1s", "--batch-sizes", "1,2",
             "--no-artifact", "-q")
 
 

@@ -212,7 +212,7 @@ def test_recommend_lists_measured_openvino_trials(tmp_path):
     out = tmp_path / "run"
     done = subprocess.run(
         [*CLI, "recommend", "examples/tiny_cnn.onnx", "--slo", "50ms", "--backends", "onnxruntime,openvino",
-         "--budget", "40s", "--out", str(out), "--quiet", "--no-artifact"],
+         "--budget", "30s", "--out", str(out), "--quiet", "--no-artifact"],
         capture_output=True, text=True, timeout=240, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert done.returncode in (0, 3), done.stdout + done.stderr
     report = json.loads((out / "report.json").read_text())

@@ -138,12 +138,27 @@ def quantize(model_path: Path, workdir: Path, spec: StaticQuantization, samples:
         ranking = error_ranking(model_path, workdir, StaticQuantization(spec.calibration, 0, spec.activation_type),
                                 samples)
         excluded = tuple(name for name, _ in ranking[:spec.exclude_worst])
+        _check_compute_left(preprocessed_path(model_path, workdir), [name for name, _ in ranking], excluded)
     if not target.exists():
         source = preprocessed_path(model_path, workdir)
         partial = _atomic_target(target)
         _quantize_static(source, partial, spec, samples, excluded)
         partial.replace(target)
     return QuantizedModel(target, excluded, samples.to_dict())
+
+
+COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def _check_compute_left(model_path: Path, quantised: Sequence[str], excluded: Sequence[str]) -> None:
+    """An exclusion that leaves no convolution or matrix multiplication in int8 makes an fp32 model with a few
+    exact int8 copies around it: labelled int8, it would claim accuracy int8 does not have. Refused."""
+    import onnx
+
+    op_types = {node.name: node.op_type for node in onnx.load(str(model_path), load_external_data=False).graph.node}
+    if not any(op_types.get(name) in COMPUTE_OPS for name in quantised if name not in excluded):
+        raise ValueError(f"excluding the {len(excluded)} worst nodes leaves no convolution or matrix multiplication "
+                         f"in int8 (of {len(quantised)} quantised nodes)")
 
 
 def _quantize_static(source: Path, dest: Path, spec: StaticQuantization, samples: SampleSet,
