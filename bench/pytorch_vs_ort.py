@@ -31,15 +31,30 @@ from truth import model_path, wait_for_quiet_machine  # noqa: E402
 
 MODEL_NAMES = ("example", "resnet", "mobilenet", "bert", "mlp")
 EXTRA_MODELS = {"mobilenet": Path("mobilenet_v2.onnx")}
+# models with dynamic axes beyond the batch: the shapes they are timed at (by file name)
+INPUT_SHAPES = {"bert_4l_256h.onnx": {name: (1, 128) for name in ("input_ids", "attention_mask", "token_type_ids")}}
+
+
+def source_of(path: Path) -> str | None:
+    """The model's PyTorch source when scripts/make_models.py kept it (NAME-hf beside NAME.onnx): the backend then
+    runs the original transformers module, as for a user's Hugging Face SOURCE; else the ONNX model is converted."""
+    folder = path.with_name(f"{path.stem}-hf")
+    return str(folder) if (folder / "config.json").is_file() else None
+
+
+def spec_of(path: Path):
+    from advisor.model import ModelSpec
+
+    return ModelSpec(path, INPUT_SHAPES.get(path.name, {}))
 
 
 def candidates(path: Path) -> dict[str, dict]:
     """The PyTorch configurations compared for this model on this CPU (baseline_config plus one change each)."""
-    from advisor.model import ModelSpec, analyze
+    from advisor.model import analyze
     from hwprofiles.targets import detect_targets
     from tuners.pytorch import baseline_config, has_convolutions
 
-    info, cpu = analyze(ModelSpec(path)), detect_targets()[0]
+    info, cpu = analyze(spec_of(path)), detect_targets()[0]
     chosen = {"eager": baseline_config(), "compile": {**baseline_config(), "mode": "compile"}}
     if cpu.cpu.computes_bf16:
         chosen["eager-bf16"] = {**baseline_config(), "precision": "bf16"}
@@ -53,10 +68,10 @@ def time_alone(kind: str, path: Path, seconds: float) -> dict:
     """In this fresh process: build one runtime, then time it with a plain loop. Milliseconds per call."""
     from advisor.config import default_cache_dir
     from advisor.feeds import make_feeds
-    from advisor.model import ModelSpec, analyze
+    from advisor.model import analyze
     from hwprofiles.targets import detect_targets
 
-    info = analyze(ModelSpec(path))
+    info = analyze(spec_of(path))
     feeds = make_feeds(info, 1)
     started = time.perf_counter()
     if kind == "ort":
@@ -71,7 +86,7 @@ def time_alone(kind: str, path: Path, seconds: float) -> dict:
         from tuners.pytorch import PyTorchTuner
 
         ctx = TuneContext(info=info, target=detect_targets()[0], workdir=Path("/tmp"), cache_dir=default_cache_dir(),
-                          budget_s=0, tolerance=0.05)
+                          budget_s=0, tolerance=0.05, source=source_of(path))
         model = PyTorchTuner().build(Candidate("pytorch", "cpu", json.loads(kind)), ctx)
         model.bind(feeds)
         call = model.execute
@@ -112,7 +127,8 @@ def compare(name: str, path: Path, rounds: int, seconds: float) -> dict:
                   if isinstance(r[label], dict) and isinstance(r["ort"], dict)]
         ratios[label] = {"median": statistics.median(values), "min": min(values), "max": max(values)} if values \
             else {"error": next(r[label] for r in per_round if not isinstance(r[label], dict))}
-    return {"model": name, "path": str(path), "configs": configs, "rounds": per_round, "p50_ratio_to_ort": ratios}
+    return {"model": name, "path": str(path), "source": source_of(path) or "ONNX (onnx2torch)", "configs": configs,
+            "rounds": per_round, "p50_ratio_to_ort": ratios}
 
 
 def main() -> int:

@@ -9,8 +9,8 @@ bert:      transformers BertModel, 4 layers, hidden 256, 4 heads; inputs input_i
            with dynamic batch and sequence axes; outputs last_hidden_state, pooler_output
 mlp:       torch.nn.Sequential 512-1024-1024-10 with ReLU, input x (batch, 512), dynamic batch
 
-The transformers models are saved with save_pretrained() into a temporary folder and that folder is exported with
-advisor.exporting.export_model, the same path `advisor export FOLDER` takes; the MLP goes through the
+The transformers models are saved with save_pretrained() into OUT/NAME-hf (kept as their PyTorch source) and
+exported with advisor.exporting.export_model, the same path `advisor export FOLDER` takes; the MLP goes through the
 `file.py:callable` path. Each export is validated and compared with PyTorch; the errors are printed.
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,10 +34,11 @@ MLP_FEATURES = 512
 
 
 def _export_pretrained(model, out: Path, name: str, options: ExportOptions) -> ExportResult:
-    """save_pretrained into a temporary folder, then export that folder like a user's downloaded model."""
-    with tempfile.TemporaryDirectory(prefix=f"make-models-{name}-") as folder:
-        model.save_pretrained(folder)
-        return export_model(folder, out / f"{name}.onnx", options)
+    """save_pretrained into OUT/NAME-hf (kept: the PyTorch source of the ONNX file, for backends that run the
+    original framework), then export that folder like a user's downloaded model."""
+    folder = out / f"{name}-hf"
+    model.save_pretrained(folder)
+    return export_model(str(folder), out / f"{name}.onnx", options)
 
 
 def _report(result: ExportResult) -> Path:
