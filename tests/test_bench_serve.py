@@ -331,7 +331,9 @@ def test_ctrl_c_stops_the_run_with_one_line_and_no_resume_advice():
         process = subprocess.Popen([sys.executable, "-c", "from advisor.cli import main; main()", "bench-serve",
                                     server.url, "--rate", "5", "--duration", "60s", "--prompt-tokens", "8",
                                     "--output-tokens", "4", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True, cwd=Path(__file__).resolve().parents[1])
+                                   text=True, cwd=Path(__file__).resolve().parents[1],
+                                   # SIGINT as a terminal delivers it, even when this test run inherited it ignored
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 30
         while not server.arrivals() and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -385,8 +385,11 @@ def test_serve_forever_stops_cleanly_on_ctrl_c(tmp_path):
               "from llm_scripted_engine import ScriptedEngine;"
               "from advisor.llm.server import ServerSettings, serve_forever;"
               "serve_forever(ScriptedEngine(), ServerSettings(port=0))")
+    # SIGINT restored to its default in the child: a test run started in the background of a shell without job
+    # control inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler
     process = subprocess.Popen([sys.executable, "-c", script, str(Path(__file__).parent)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first_line = []
         reader = threading.Thread(target=lambda: first_line.append(process.stdout.readline()), daemon=True)
