@@ -206,17 +206,6 @@ def print_result(result: ModelResult) -> None:
               f"{json.dumps({k: v for k, v in b.config.items() if k not in ('precision',)}, sort_keys=True)}")
 
 
-def model_path(name: str, models_dir: Path) -> Path:
-    relative = MODELS[name][0]
-    if relative.is_absolute():
-        return relative
-    path = models_dir / relative
-    if not path.exists():
-        subprocess.run([sys.executable, str(REPO / "scripts" / "make_models.py"), "--out", str(models_dir),
-                        "--models", name], check=True, cwd=REPO)
-    return path
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help=f"from {','.join(MODELS)}")
@@ -242,7 +231,7 @@ def main() -> int:
         scratch.mkdir(parents=True, exist_ok=True)
         for name in names:
             path, extra = MODELS[name]
-            result = check_model(name, model_path(name, args.models_dir), extra, args, scratch)
+            result = check_model(name, truth.built_model(name, path, args.models_dir), extra, args, scratch)
             print_result(result)
             results.append(result)
     reached = [r.model for r in results if r.best() is not None and r.best().ratio <= GOAL_RATIO]

@@ -179,7 +179,11 @@ def check_model(name: str, model: Path, slo: str, extra: list[str], args, scratc
 
 
 def model_path(name: str, models_dir: Path) -> Path:
-    relative = MODELS[name][0]
+    return built_model(name, MODELS[name][0], models_dir)
+
+
+def built_model(name: str, relative: Path, models_dir: Path) -> Path:
+    """The model file, built by scripts/make_models.py into `models_dir` the first time (absolute: as it is)."""
     if relative.is_absolute():
         return relative
     path = models_dir / relative

@@ -18,7 +18,8 @@ from advisor.model import ModelSpec, analyze
 from advisor.slo import Slo
 from advisor.trials import Trial
 from hwprofiles.targets import RpcDevice, Target, cpu_computes_bf16, detect_targets
-from tuners.base import Candidate, TrialOutcome, TuneContext
+from search_helpers import all_proposals
+from tuners.base import Candidate, TuneContext
 
 ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install 'advisor[openvino]')")
 
@@ -96,20 +97,9 @@ def test_bf16_detection_from_isa_flags(isa, expected):
     assert cpu_computes_bf16(isa) is expected
 
 
-def _all_proposals(search) -> list[dict]:
-    """Every configuration the search proposes when each one is measured ok and the baseline stays the best."""
-    proposed, latency = [], 1.0
-    while batch := search.ask():
-        for candidate in batch:
-            proposed.append(dict(candidate.config))
-            search.tell(TrialOutcome(candidate, True, latency))
-            latency += 1.0
-    return proposed
-
-
 @pytest.mark.parametrize("isa", [("avx2",), ("avx512f", "amx_bf16")])
 def test_the_search_offers_bf16_only_where_the_cpu_has_it(cpu, isa):
-    proposed = _all_proposals(OpenVinoSearch(_with_isa(cpu, *isa)))
+    proposed = all_proposals(OpenVinoSearch(_with_isa(cpu, *isa)))
     assert proposed[0] == baseline_config() and baseline_config()["precision"] == "fp32"
     assert any(c["precision"] == "bf16" for c in proposed) is cpu_computes_bf16(isa)
     assert {c["performance_hint"] for c in proposed} == {"LATENCY", "THROUGHPUT"}

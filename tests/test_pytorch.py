@@ -21,6 +21,7 @@ from advisor.slo import Slo
 from advisor.trials import Trial
 from gpu import cuda_target, requires_cuda_torch
 from hwprofiles.targets import Target, detect_targets
+from search_helpers import all_proposals
 from tuners.base import Candidate, TrialOutcome, TuneContext
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'advisor[pytorch]')")
@@ -80,30 +81,19 @@ def test_available_on_the_cpu_and_refused_on_a_gpu_without_cuda_torch(cpu):
 # ---- the search, without building anything -----------------------------------------------------------------------
 
 
-def _all_proposals(search) -> list[dict]:
-    """Every configuration proposed when each is measured ok and the baseline stays the best."""
-    proposed, latency = [], 1.0
-    while batch := search.ask():
-        for candidate in batch:
-            proposed.append(dict(candidate.config))
-            search.tell(TrialOutcome(candidate, True, latency))
-            latency += 1.0
-    return proposed
-
-
 def _with_isa(target: Target, *isa: str) -> Target:
     return replace(target, cpu=replace(target.cpu, isa=tuple(isa)))
 
 
 def test_cheap_candidates_first_and_max_autotune_only_with_budget(cpu):
     target = replace(_with_isa(cpu, "avx512f", "amx_bf16"), threads=2)
-    proposed = _all_proposals(PyTorchSearch(target, convolutional=True, budget_s=MAX_AUTOTUNE_MIN_BUDGET_S))
+    proposed = all_proposals(PyTorchSearch(target, convolutional=True, budget_s=MAX_AUTOTUNE_MIN_BUDGET_S))
     assert proposed[0] == baseline_config() and proposed[1] == {**baseline_config(), "mode": "compile"}
     changed = [next(key for key in config if config[key] != baseline_config()[key]) for config in proposed[1:]]
     assert changed == ["mode", "precision", "threads", "threads", "channels_last", "mode"]
     assert proposed[-1]["mode"] == "compile-max-autotune"
     assert not any(config["cuda_graphs"] or config["device"] != "cpu" for config in proposed)
-    short = _all_proposals(PyTorchSearch(_with_isa(cpu, "avx2"), convolutional=False, budget_s=30))
+    short = all_proposals(PyTorchSearch(_with_isa(cpu, "avx2"), convolutional=False, budget_s=30))
     assert {c["mode"] for c in short} == {"eager", "compile"}
     assert not any(c["precision"] != "fp32" or c["channels_last"] for c in short)  # no bf16 CPU, no Conv
     assert len({json.dumps(c, sort_keys=True) for c in proposed}) == len(proposed), "proposed twice"
@@ -111,7 +101,7 @@ def test_cheap_candidates_first_and_max_autotune_only_with_budget(cpu):
 
 def test_gpu_search_and_settings(cpu):
     gpu = replace(cpu, id="cuda:0", kind="cuda")
-    proposed = _all_proposals(PyTorchSearch(gpu, convolutional=False, budget_s=300))
+    proposed = all_proposals(PyTorchSearch(gpu, convolutional=False, budget_s=300))
     assert all(config["device"] == "cuda" for config in proposed)
     assert {config["precision"] for config in proposed} == {"fp32", "bf16", "fp16"}
     assert proposed[-1]["cuda_graphs"] and not any(config["threads"] for config in proposed)
